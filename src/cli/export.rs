@@ -1,0 +1,43 @@
+use super::ModelArgs;
+use anyhow::{bail, Result};
+use clap::Args;
+use instill::model::weights::save_hf_dir;
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output directory (written atomically).
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Split weights into shards of at most this many MB.
+    #[arg(long, default_value_t = 2000)]
+    shard_mb: usize,
+}
+
+pub fn run(a: ExportArgs) -> Result<()> {
+    let dtype = match a.dtype.as_str() {
+        "f32" => candle_core::DType::F32,
+        "bf16" => candle_core::DType::BF16,
+        "f16" => candle_core::DType::F16,
+        d => bail!("--dtype {d:?}: expected f32, bf16 or f16"),
+    };
+    let (model, tok) = a.model.load()?;
+    let tokenizer_json = serde_json::to_vec(&tok.json)?;
+    let mut tcfg = serde_json::json!({
+        "bos_token": tok.token_string(tok.bos_id),
+        "eos_token": tok.token_string(tok.eos_id),
+        "add_bos_token": tok.add_bos,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    if let Some(t) = &tok.chat_template {
+        tcfg["chat_template"] = t.clone().into();
+    }
+    let extra = [("tokenizer.json", tokenizer_json), ("tokenizer_config.json", serde_json::to_vec_pretty(&tcfg)?)];
+    save_hf_dir(&a.out, model.arch, &model.config, model.named_tensors()?, dtype, a.shard_mb * 1_000_000, &extra)?;
+    println!("{}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,134 @@
+use super::ModelArgs;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use instill::decode::{generate, GenerateOptions, SamplingParams};
+use instill::Tokenizer;
+use std::io::Write;
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Maximum tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this text appears (repeatable).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+    /// Chat template: chatml|llama3|gemma|alpaca|FILE (default: the model's own).
+    #[arg(long)]
+    pub template: Option<String>,
+}
+
+impl SamplingArgs {
+    pub fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repetition_penalty: self.repetition_penalty,
+                seed: self.seed,
+            },
+            stop_strings: self.stop.clone(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Plain-text prompt, continued as is.
+    #[arg(long, conflicts_with_all = ["chat", "prompts"])]
+    prompt: Option<String>,
+    /// A user message, rendered with the chat template.
+    #[arg(long, conflicts_with = "prompts")]
+    chat: Option<String>,
+    /// System message for --chat / --prompts.
+    #[arg(long)]
+    system: Option<String>,
+    /// JSONL file of prompts: {"prompt": ...} or {"messages": [...]} per line; outputs JSONL.
+    #[arg(long)]
+    prompts: Option<std::path::PathBuf>,
+    /// Prompts run together per batch with --prompts.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+pub fn chat_ids(tok: &Tokenizer, template: Option<&str>, messages: &[serde_json::Value]) -> Result<Vec<u32>> {
+    let text = tok.template(template)?.render(messages, true, None)?;
+    // The template writes BOS itself where the model wants one.
+    Ok(tok.encode(&text, false)?)
+}
+
+fn messages(system: &Option<String>, user: &str) -> Vec<serde_json::Value> {
+    let mut m = vec![];
+    if let Some(s) = system {
+        m.push(serde_json::json!({"role": "system", "content": s}));
+    }
+    m.push(serde_json::json!({"role": "user", "content": user}));
+    m
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let (model, tok) = a.model.load()?;
+    let opts = a.sampling.options();
+    let template = a.sampling.template.as_deref();
+    if let Some(path) = &a.prompts {
+        return run_file(&model, &tok, path, &a, &opts);
+    }
+    let ids = match (&a.prompt, &a.chat) {
+        (Some(p), None) => tok.encode(p, true)?,
+        (None, Some(c)) => chat_ids(&tok, template, &messages(&a.system, c))?,
+        _ => bail!("give --prompt TEXT, --chat MESSAGE or --prompts FILE"),
+    };
+    let mut out = std::io::stdout();
+    let gens = generate(&model, &tok, &[ids], &opts, &mut |_, piece| {
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    })?;
+    println!();
+    eprintln!("[{} prompt tokens, {} generated, finish: {:?}]", gens[0].prompt_tokens, gens[0].tokens.len(), gens[0].finish);
+    Ok(())
+}
+
+fn run_file(model: &instill::CausalLm, tok: &Tokenizer, path: &std::path::Path, a: &GenerateArgs, opts: &GenerateOptions) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let mut ids = vec![];
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{}:{}", path.display(), n + 1);
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: invalid JSON", at()))?;
+        let one = if let Some(p) = v.get("prompt").and_then(|p| p.as_str()) {
+            tok.encode(p, true)?
+        } else if let Some(m) = v.get("messages").and_then(|m| m.as_array()) {
+            chat_ids(tok, a.sampling.template.as_deref(), m)?
+        } else {
+            bail!("{}: expected a \"prompt\" string or a \"messages\" list", at());
+        };
+        ids.push(one);
+    }
+    let mut stdout = std::io::stdout().lock();
+    for chunk in ids.chunks(a.batch_size.max(1)) {
+        for g in generate(model, tok, chunk, opts, &mut |_, _| {})? {
+            writeln!(stdout, "{}", serde_json::to_string(&g)?)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! The command line: argument parsing, progress and printing only; the work is in the library.
+mod bench;
+mod chat;
+mod export;
+mod fetch;
+mod generate;
+mod inspect;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use instill::hub::{self, DEFAULT_MODEL};
+use instill::{CausalLm, LoadOptions, Tokenizer};
+
+#[derive(Parser)]
+#[command(name = "instill", version, about = "Instruction-tune, merge, evaluate and serve language models")]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Download a registry model, verify its sha256, cache it and print its path.
+    Fetch(fetch::FetchArgs),
+    /// Show a model's architecture, sizes, weight types and chat template.
+    Inspect(inspect::InspectArgs),
+    /// Generate text for a prompt, a chat message or a file of prompts.
+    Generate(generate::GenerateArgs),
+    /// Interactive multi-turn chat with streaming output.
+    Chat(chat::ChatArgs),
+    /// Write a model as a Hugging Face directory (config.json, safetensors, tokenizer).
+    Export(export::ExportArgs),
+    /// Measure speed against the peers (llama.cpp, PyTorch) in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+/// Which model to load, shared by every command that runs one.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Registry id, .gguf file or Hugging Face model directory.
+    #[arg(short, long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Dequantize GGUF weights to f32 (reference numerics; slower, more memory).
+    #[arg(long)]
+    pub dequantize: bool,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<(CausalLm, Tokenizer)> {
+        let source = hub::resolve(&self.model, true)?;
+        let opts = LoadOptions { dequantize: self.dequantize, ..Default::default() };
+        let model = CausalLm::load(&source, &opts)?;
+        let tok = Tokenizer::load(&source)?;
+        Ok((model, tok))
+    }
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    match cli.cmd {
+        Cmd::Fetch(a) => fetch::run(a),
+        Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Generate(a) => generate::run(a),
+        Cmd::Chat(a) => chat::run(a),
+        Cmd::Export(a) => export::run(a),
+        Cmd::Bench(b) => bench::run(b),
+    }
+}

@@ -1,0 +1,131 @@
+//! Generation for one or many prompts at once: left-padded batched prefill, then one
+//! token per row per step through the KV cache, with stop tokens and stop strings.
+use super::sampler::{Sampler, SamplingParams};
+use crate::model::{Batch, CausalLm, LogitsFor};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop_strings: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_new_tokens: 256, sampling: SamplingParams::default(), stop_strings: vec![], ignore_eos: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Eos,
+    StopString,
+    Length,
+    ContextFull,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+}
+
+struct Row {
+    prompt: Vec<u32>,
+    sampler: Sampler,
+    tokens: Vec<u32>,
+    text: String,
+    finish: Option<FinishReason>,
+}
+
+/// Generate continuations of `prompts` (token ids). `on_text(row, delta)` is called
+/// with each new piece of decoded text, for streaming.
+pub fn generate(
+    model: &CausalLm,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<Generation>> {
+    let ctx = model.config.max_position;
+    if let Some(p) = prompts.iter().find(|p| p.len() >= ctx) {
+        return Err(Error::Input(format!(
+            "prompt of {} tokens does not fit the model's context of {ctx} tokens: shorten it",
+            p.len()
+        )));
+    }
+    let mut rows: Vec<Row> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Row { prompt: p.clone(), sampler: Sampler::new(opts.sampling.clone(), i as u64), tokens: vec![], text: String::new(), finish: None })
+        .collect();
+    if rows.is_empty() || opts.max_new_tokens == 0 {
+        return Ok(finish_all(rows, FinishReason::Length));
+    }
+    let pad = tok.eos_id.unwrap_or(0);
+    let mut cache = model.new_cache();
+    let mut logits = model.forward(&Batch::left_padded(prompts, pad)?, Some(&mut cache), LogitsFor::Last)?;
+    let mut positions: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
+    for _ in 0..opts.max_new_tokens {
+        let rows_logits = logits.to_vec2::<f32>()?;
+        let mut next = Vec::with_capacity(rows.len());
+        for (i, (row, mut l)) in rows.iter_mut().zip(rows_logits).enumerate() {
+            if row.finish.is_some() {
+                next.push(pad);
+                continue;
+            }
+            let history: Vec<u32> = row.prompt.iter().chain(&row.tokens).copied().collect();
+            let t = row.sampler.sample(&mut l, &history);
+            next.push(t);
+            accept(row, t, tok, opts, i, on_text)?;
+            if row.finish.is_none() && positions[i] as usize + 1 >= ctx {
+                row.finish = Some(FinishReason::ContextFull);
+            }
+        }
+        if rows.iter().all(|r| r.finish.is_some()) {
+            break;
+        }
+        let step = Batch::step(&next, &positions);
+        positions.iter_mut().for_each(|p| *p += 1);
+        logits = model.forward(&step, Some(&mut cache), LogitsFor::Last)?;
+    }
+    Ok(finish_all(rows, FinishReason::Length))
+}
+
+/// Add token `t` to a row: stop on EOS or a stop string, stream the new text.
+fn accept(row: &mut Row, t: u32, tok: &Tokenizer, opts: &GenerateOptions, i: usize, on_text: &mut dyn FnMut(usize, &str)) -> Result<()> {
+    if !opts.ignore_eos && tok.stop_ids.contains(&t) {
+        row.finish = Some(FinishReason::Eos);
+        return Ok(());
+    }
+    row.tokens.push(t);
+    let text = tok.decode(&row.tokens, true)?;
+    // Hold back text that ends inside a multi-byte character.
+    if text.ends_with('\u{FFFD}') {
+        return Ok(());
+    }
+    let mut text = text;
+    if let Some(cut) = opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+        text.truncate(cut);
+        row.finish = Some(FinishReason::StopString);
+    }
+    if text.len() > row.text.len() && text.starts_with(&row.text) {
+        on_text(i, &text[row.text.len()..]);
+    }
+    row.text = text;
+    Ok(())
+}
+
+fn finish_all(rows: Vec<Row>, default: FinishReason) -> Vec<Generation> {
+    rows.into_iter()
+        .map(|r| Generation { prompt_tokens: r.prompt.len(), tokens: r.tokens, text: r.text, finish: r.finish.unwrap_or(default) })
+        .collect()
+}

@@ -1,0 +1,14 @@
+//! instill: instruction-tune, merge, evaluate and serve language models.
+//!
+//! The modules mirror the pipeline (see ARCHITECTURE.md): `hub` finds model files,
+//! `model` runs them, `tokenizer` turns text and chats into ids, `decode` generates.
+pub mod decode;
+pub mod error;
+pub mod hub;
+pub mod model;
+pub mod tokenizer;
+pub use tokenizer::Tokenizer;
+
+pub use error::{Error, Result};
+pub use model::{CausalLm, LoadOptions};
+

@@ -1,0 +1,155 @@
+//! The decoder block shared by every family; the differences are config switches.
+use super::config::{Activation, ModelConfig, RopeStyle};
+use super::linear::Linear;
+use super::rope::RopeTable;
+use crate::Result;
+use candle_core::{DType, Tensor, D};
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+    pub act: Activation,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate.forward(x)?;
+        let g = match self.act {
+            Activation::Silu => candle_nn::ops::silu(&g)?,
+            Activation::GeluTanh => g.gelu()?,
+        };
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f64,
+    pub rope_style: RopeStyle,
+}
+
+impl Attention {
+    fn heads_first(&self, x: &Tensor, n: usize, norm: &Option<RmsNorm>) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let x = x.reshape((b, t, n, self.head_dim))?;
+        let x = match norm {
+            Some(nm) => nm.forward(&x)?,
+            None => x,
+        };
+        Ok(x.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// `x (B, T, hidden)`; `mask (B, 1, T, S)` or None; the cache grows by `T`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTable,
+        mask: Option<&Tensor>,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let q = rope.apply(&self.heads_first(&self.q.forward(x)?, self.heads, &self.q_norm)?, self.rope_style)?;
+        let k = rope.apply(&self.heads_first(&self.k.forward(x)?, self.kv_heads, &self.k_norm)?, self.rope_style)?;
+        let v = self.heads_first(&self.v.forward(x)?, self.kv_heads, &None)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v)?,
+            None => (k, v),
+        };
+        let s = k.dim(2)?;
+        // Grouped-query attention without copying K/V: fold each KV head's query
+        // heads into the row dimension, (B, H, T, D) -> (B, KV, R*T, D).
+        let rep = self.heads / self.kv_heads;
+        let q = (q.reshape((b, self.kv_heads, rep * t, self.head_dim))? * self.scale)?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores
+                .reshape((b, self.kv_heads, rep, t, s))?
+                .broadcast_add(&m.unsqueeze(1)?)?
+                .reshape((b, self.kv_heads, rep * t, s))?,
+            None => scores,
+        };
+        let p = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
+        let y = p.matmul(&v.contiguous()?)?; // (B, KV, R*T, D)
+        let y = y.reshape((b, self.heads, t, self.head_dim))?.transpose(1, 2)?;
+        self.o.forward(&y.reshape((b, t, self.heads * self.head_dim))?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub attn_norm: RmsNorm,
+    pub attn: Attention,
+    pub post_attn_norm: Option<RmsNorm>,
+    pub mlp_norm: RmsNorm,
+    pub mlp: Mlp,
+    pub post_mlp_norm: Option<RmsNorm>,
+    pub sliding: bool,
+}
+
+impl Block {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTable,
+        mask: Option<&Tensor>,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+    ) -> Result<Tensor> {
+        let h = self.attn.forward(&self.attn_norm.forward(x)?, rope, mask, cache)?;
+        let h = maybe_norm(&self.post_attn_norm, h)?;
+        let x = (x + h)?;
+        let h = self.mlp.forward(&self.mlp_norm.forward(&x)?)?;
+        let h = maybe_norm(&self.post_mlp_norm, h)?;
+        Ok((x + h)?)
+    }
+}
+
+fn maybe_norm(n: &Option<RmsNorm>, x: Tensor) -> Result<Tensor> {
+    match n {
+        Some(n) => n.forward(&x),
+        None => Ok(x),
+    }
+}
+
+/// Softmax-free helper kept for tests: last-dim argmax.
+pub fn argmax_last(x: &Tensor) -> Result<Vec<u32>> {
+    Ok(x.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?)
+}
+
+pub fn new_attention(c: &ModelConfig, q: Linear, k: Linear, v: Linear, o: Linear, qn: Option<RmsNorm>, kn: Option<RmsNorm>) -> Attention {
+    Attention {
+        q,
+        k,
+        v,
+        o,
+        q_norm: qn,
+        k_norm: kn,
+        heads: c.num_heads,
+        kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+        scale: c.attn_scale,
+        rope_style: c.rope_style,
+    }
+}

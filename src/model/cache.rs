@@ -1,0 +1,76 @@
+//! KV cache: per-layer key/value tensors plus, per row, what each cached key is
+//! (position, segment, real or padding) so masks can be rebuilt for any step.
+use super::batch::Batch;
+use crate::Result;
+use candle_core::{Device, Tensor};
+
+#[derive(Debug, Clone, Copy)]
+pub struct KeyInfo {
+    pub pos: u32,
+    pub seg: u32,
+    pub valid: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub layers: Vec<candle_nn::kv_cache::KvCache>,
+    /// `B` rows of key metadata, aligned with the cached keys.
+    pub keys: Vec<Vec<KeyInfo>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        KvCache { layers: (0..num_layers).map(|_| candle_nn::kv_cache::KvCache::new(2, 256)).collect(), keys: vec![] }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Record the new tokens' key metadata (called once per forward, before the layers).
+    pub fn push_keys(&mut self, batch: &Batch) {
+        if self.keys.is_empty() {
+            self.keys = vec![vec![]; batch.tokens.len()];
+        }
+        for (r, row) in self.keys.iter_mut().enumerate() {
+            row.extend((0..batch.tokens[r].len()).map(|i| KeyInfo {
+                pos: batch.positions[r][i],
+                seg: batch.segments[r][i],
+                valid: batch.valid[r][i],
+            }));
+        }
+    }
+}
+
+/// Large negative instead of -inf: a fully masked (padding) query row then gets a
+/// finite uniform softmax instead of NaNs that would leak into later layers.
+const MASKED: f32 = -1e30;
+
+/// Additive mask `(B, 1, T, S)` for the newest `T` queries against all `S` keys.
+/// Returns None when nothing needs masking (one real query attending to everything).
+pub fn build_mask(keys: &[Vec<KeyInfo>], t: usize, window: Option<usize>, dev: &Device) -> Result<Option<Tensor>> {
+    let b = keys.len();
+    let s = keys[0].len();
+    let mut data = Vec::with_capacity(b * t * s);
+    let mut any = false;
+    for row in keys {
+        for q in &row[s - t..] {
+            for k in row {
+                let ok = k.valid
+                    && k.seg == q.seg
+                    && k.pos <= q.pos
+                    && window.is_none_or(|w| ((q.pos - k.pos) as usize) < w);
+                any |= !ok;
+                data.push(if ok { 0.0 } else { MASKED });
+            }
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_vec(data, (b, 1, t, s), dev)?))
+}

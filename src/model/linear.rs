@@ -1,0 +1,65 @@
+//! The projection every block uses. It is the seam where later work plugs in
+//! adapters (LoRA) and quantized bases: callers only see `forward`.
+use crate::Result;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Module, Tensor};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    /// `(out, in)` f32 weight.
+    Dense(Tensor),
+    /// GGUF blocks, multiplied without dequantizing.
+    Quant(Arc<QTensor>, QMatMul),
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: LinearWeight,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn dense(w: Tensor, bias: Option<Tensor>) -> Self {
+        Linear { weight: LinearWeight::Dense(w), bias }
+    }
+
+    pub fn quantized(q: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        let mm = QMatMul::from_arc(q.clone())?;
+        Ok(Linear { weight: LinearWeight::Quant(q, mm), bias })
+    }
+
+    /// `x (..., in) -> (..., out)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => {
+                let dims = x.dims().to_vec();
+                let (in_f, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1]);
+                let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
+                let mut out = dims;
+                *out.last_mut().expect("rank >= 1") = w.dim(0)?;
+                y.reshape(out)?
+            }
+            LinearWeight::Quant(_, mm) => mm.forward(x)?,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// The weight as a dense `(out, in)` f32 tensor.
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        Ok(match &self.weight {
+            LinearWeight::Dense(w) => w.clone(),
+            LinearWeight::Quant(q, _) => q.dequantize(&q.device())?,
+        })
+    }
+
+    pub fn quant_type(&self) -> Option<GgmlDType> {
+        match &self.weight {
+            LinearWeight::Dense(_) => None,
+            LinearWeight::Quant(q, _) => Some(q.dtype()),
+        }
+    }
+}

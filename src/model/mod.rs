@@ -1,0 +1,283 @@
+//! The causal language model: `forward(batch, cache) -> logits`, for every family.
+pub mod arch;
+pub mod batch;
+pub mod block;
+pub mod cache;
+pub mod config;
+pub mod gguf;
+pub mod linear;
+pub mod rope;
+pub mod weights;
+
+pub use batch::Batch;
+pub use cache::KvCache;
+pub use config::ModelConfig;
+
+use crate::hub::ModelSource;
+use crate::{Error, Result};
+use arch::Architecture;
+use block::{new_attention, Attention, Block, Mlp, RmsNorm};
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
+use linear::Linear;
+use rope::RopeTable;
+use std::sync::Arc;
+use weights::{Weight, WeightStore};
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Dequantize every GGUF tensor to f32 (exact reference numerics, more memory).
+    pub dequantize: bool,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { dequantize: false, device: Device::Cpu }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Embedding {
+    Dense(Tensor),
+    Quant(Arc<QTensor>),
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    All,
+    /// Only each row's final position: `(B, V)`.
+    Last,
+}
+
+pub struct CausalLm {
+    pub config: ModelConfig,
+    pub arch: &'static dyn Architecture,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    pub device: Device,
+}
+
+impl CausalLm {
+    pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
+        match source {
+            ModelSource::Gguf(p) => {
+                let md = gguf::Metadata::read(p)?;
+                Self::from_gguf(&md, opts)
+            }
+            ModelSource::HfDir(d) => {
+                let path = d.join("config.json");
+                let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
+                let cfg: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
+                let mt = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+                let arch = arch::by_hf_model_type(mt)?;
+                let config = arch.config_from_hf(&cfg)?;
+                let store = WeightStore::from_hf_dir(d, arch, &config, &opts.device)?;
+                Self::build(arch, config, &store, opts)
+            }
+        }
+    }
+
+    pub fn from_gguf(md: &gguf::Metadata, opts: &LoadOptions) -> Result<Self> {
+        let arch = arch::by_name(md.arch()?).map_err(|e| Error::file(&md.path, e.to_string()))?;
+        let config = arch.config_from_gguf(md)?;
+        let store = WeightStore::from_gguf(md, &opts.device)?;
+        Self::build(arch, config, &store, opts)
+    }
+
+    fn build(arch: &'static dyn Architecture, config: ModelConfig, w: &WeightStore, opts: &LoadOptions) -> Result<Self> {
+        let c = &config;
+        let linear = |name: &str| -> Result<Linear> {
+            let bias = match w.opt(&format!("{name}.bias")) {
+                Some(b) => Some(b.dense()?),
+                None => None,
+            };
+            make_linear(w.get(&format!("{name}.weight"))?, bias, opts.dequantize)
+        };
+        let norm = |name: &str| -> Result<RmsNorm> { Ok(RmsNorm { weight: w.get(name)?.dense()?, eps: c.rms_eps }) };
+        let opt_norm = |name: &str, on: bool| -> Result<Option<RmsNorm>> { if on { norm(name).map(Some) } else { Ok(None) } };
+        let mut blocks = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("blk.{i}");
+            let attn: Attention = new_attention(
+                c,
+                linear(&format!("{p}.attn_q"))?,
+                linear(&format!("{p}.attn_k"))?,
+                linear(&format!("{p}.attn_v"))?,
+                linear(&format!("{p}.attn_output"))?,
+                opt_norm(&format!("{p}.attn_q_norm.weight"), c.qk_norm)?,
+                opt_norm(&format!("{p}.attn_k_norm.weight"), c.qk_norm)?,
+            );
+            blocks.push(Block {
+                attn_norm: norm(&format!("{p}.attn_norm.weight"))?,
+                attn,
+                post_attn_norm: opt_norm(&format!("{p}.post_attention_norm.weight"), c.sandwich_norm)?,
+                mlp_norm: norm(&format!("{p}.ffn_norm.weight"))?,
+                mlp: Mlp {
+                    gate: linear(&format!("{p}.ffn_gate"))?,
+                    up: linear(&format!("{p}.ffn_up"))?,
+                    down: linear(&format!("{p}.ffn_down"))?,
+                    act: c.activation,
+                },
+                post_mlp_norm: opt_norm(&format!("{p}.post_ffw_norm.weight"), c.sandwich_norm)?,
+                sliding: c.is_sliding(i),
+            });
+        }
+        let emb_w = w.get("token_embd.weight")?;
+        let embed = match emb_w {
+            Weight::Quant(q) if emb_w.is_block_quantized() && !opts.dequantize => Embedding::Quant(q.clone()),
+            _ => Embedding::Dense(emb_w.dense()?),
+        };
+        let head_w = w.opt("output.weight").unwrap_or(emb_w);
+        let lm_head = make_linear(head_w, None, opts.dequantize)?;
+        check_shapes(c, &embed, &w.path)?;
+        Ok(CausalLm {
+            norm: norm("output_norm.weight")?,
+            config,
+            arch,
+            embed,
+            blocks,
+            lm_head,
+            device: opts.device.clone(),
+        })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.blocks.len())
+    }
+
+    /// Run the model over `batch`, extending `cache` when given.
+    /// Returns logits `(B, T, V)` or `(B, V)` with [`LogitsFor::Last`].
+    pub fn forward(&self, batch: &Batch, cache: Option<&mut KvCache>, which: LogitsFor) -> Result<Tensor> {
+        let h = self.hidden_states(batch, cache)?;
+        let (b, t, d) = h.dims3()?;
+        let h = match which {
+            LogitsFor::All => h,
+            LogitsFor::Last => h.narrow(1, t - 1, 1)?.reshape((b, 1, d))?,
+        };
+        let logits = self.lm_head.forward(&self.norm.forward(&h)?)?;
+        Ok(match which {
+            LogitsFor::All => logits,
+            LogitsFor::Last => logits.squeeze(1)?,
+        })
+    }
+
+    /// The last block's output, before the final norm: `(B, T, hidden)`.
+    pub fn hidden_states(&self, batch: &Batch, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        batch.check()?;
+        let (b, t) = batch.dims();
+        let c = &self.config;
+        let max_pos = batch.positions.iter().flatten().copied().max().unwrap_or(0) as usize;
+        if max_pos >= c.max_position {
+            return Err(Error::Input(format!(
+                "sequence reaches position {max_pos}, beyond this model's context of {} tokens",
+                c.max_position
+            )));
+        }
+        if let Some(&bad) = batch.tokens.iter().flatten().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
+        }
+        let ids = Tensor::from_vec(batch.tokens.concat(), (b, t), &self.device)?;
+        let mut x = match &self.embed {
+            Embedding::Dense(e) => e.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?,
+            Embedding::Quant(q) => q.embedding(&ids)?,
+        };
+        if let Some(s) = c.embed_scale {
+            // Gemma rounds the scale to the activation dtype first.
+            x = (x * (s as f32) as f64)?;
+        }
+        let mut local_cache;
+        let cache = match cache {
+            Some(c) => c,
+            None => {
+                local_cache = self.new_cache();
+                &mut local_cache
+            }
+        };
+        cache.push_keys(batch);
+        let global_rope = RopeTable::new(&batch.positions, c.head_dim, c.rope_theta, &self.device)?;
+        let local_rope = match c.rope_local_theta {
+            Some(th) if c.sliding_window.is_some() => Some(RopeTable::new(&batch.positions, c.head_dim, th, &self.device)?),
+            _ => None,
+        };
+        let global_mask = cache::build_mask(&cache.keys, t, None, &self.device)?;
+        let local_mask = match c.sliding_window {
+            Some(w) => cache::build_mask(&cache.keys, t, Some(w), &self.device)?,
+            None => None,
+        };
+        for (blk, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let (rope, mask) = if blk.sliding {
+                (local_rope.as_ref().unwrap_or(&global_rope), local_mask.as_ref())
+            } else {
+                (&global_rope, global_mask.as_ref())
+            };
+            x = blk.forward(&x, rope, mask, Some(kv))?;
+        }
+        Ok(x)
+    }
+
+    /// Every weight as a dense f32 tensor under its GGUF name (for export).
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![];
+        let emb = match &self.embed {
+            Embedding::Dense(t) => t.clone(),
+            Embedding::Quant(q) => q.dequantize(&self.device)?,
+        };
+        out.push(("token_embd.weight".to_string(), emb));
+        out.push(("output_norm.weight".to_string(), self.norm.weight.clone()));
+        if !self.config.tie_embeddings {
+            out.push(("output.weight".to_string(), self.lm_head.dense_weight()?));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let a = &b.attn;
+            for (n, l) in [("attn_q", &a.q), ("attn_k", &a.k), ("attn_v", &a.v), ("attn_output", &a.o), ("ffn_gate", &b.mlp.gate), ("ffn_up", &b.mlp.up), ("ffn_down", &b.mlp.down)] {
+                out.push((p(&format!("{n}.weight")), l.dense_weight()?));
+                if let Some(bias) = &l.bias {
+                    out.push((p(&format!("{n}.bias")), bias.clone()));
+                }
+            }
+            let norms = [("attn_norm", Some(&b.attn_norm)), ("ffn_norm", Some(&b.mlp_norm)), ("post_attention_norm", b.post_attn_norm.as_ref()), ("post_ffw_norm", b.post_mlp_norm.as_ref()), ("attn_q_norm", a.q_norm.as_ref()), ("attn_k_norm", a.k_norm.as_ref())];
+            for (n, norm) in norms {
+                if let Some(norm) = norm {
+                    out.push((p(&format!("{n}.weight")), norm.weight.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A one-line description of how each projection is stored.
+    pub fn weight_summary(&self) -> String {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for b in &self.blocks {
+            for l in [&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.mlp.gate, &b.mlp.up, &b.mlp.down] {
+                let k = l.quant_type().map_or("f32".to_string(), |q| format!("{q:?}"));
+                *counts.entry(k).or_default() += 1;
+            }
+        }
+        counts.iter().map(|(k, v)| format!("{v}x{k}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn make_linear(w: &Weight, bias: Option<Tensor>, dequantize: bool) -> Result<Linear> {
+    match w {
+        Weight::Quant(q) if w.is_block_quantized() && !dequantize => Linear::quantized(q.clone(), bias),
+        _ => Ok(Linear::dense(w.dense()?.to_dtype(DType::F32)?, bias)),
+    }
+}
+
+fn check_shapes(c: &ModelConfig, embed: &Embedding, path: &std::path::Path) -> Result<()> {
+    let dims = match embed {
+        Embedding::Dense(t) => t.dims().to_vec(),
+        Embedding::Quant(q) => q.shape().dims().to_vec(),
+    };
+    if dims != [c.vocab_size, c.hidden_size] {
+        return Err(Error::file(path, format!("token embedding has shape {dims:?}, config says [{}, {}]", c.vocab_size, c.hidden_size)));
+    }
+    Ok(())
+}

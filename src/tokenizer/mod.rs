@@ -1,0 +1,132 @@
+//! Tokenizers from tokenizer.json or GGUF metadata, and chat templates.
+mod gguf;
+pub mod template;
+
+pub use template::ChatTemplate;
+
+use crate::hub::ModelSource;
+use crate::model::gguf::Metadata;
+use crate::{Error, Result};
+use std::path::Path;
+
+/// End-of-turn markers that stop generation when present in the vocabulary.
+const TURN_ENDS: &[&str] = &["<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "</s>", "<eos>"];
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    /// Prepend BOS when encoding a whole prompt.
+    pub add_bos: bool,
+    /// Ids that end a generation.
+    pub stop_ids: Vec<u32>,
+    /// The model's own chat template, if it has one.
+    pub chat_template: Option<String>,
+    /// The tokenizer.json document (for writing HF directories).
+    pub json: serde_json::Value,
+}
+
+impl Tokenizer {
+    pub fn load(source: &ModelSource) -> Result<Self> {
+        match source {
+            ModelSource::Gguf(p) => Self::from_gguf(&Metadata::read(p)?),
+            ModelSource::HfDir(d) => Self::from_hf_dir(d),
+        }
+    }
+
+    pub fn from_gguf(md: &Metadata) -> Result<Self> {
+        let json = gguf::tokenizer_json(md)?;
+        let inner = parse(&json, &md.path)?;
+        let id = |k: &str| md.opt_usize(k).map(|v| v as u32);
+        let (bos_id, eos_id) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
+        let spm = md.opt_str("tokenizer.ggml.model") == Some("llama");
+        let add_bos = md.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(spm);
+        let chat_template = md.opt_str("tokenizer.chat_template").map(str::to_string);
+        Ok(Self::assemble(inner, json, bos_id, eos_id, add_bos, chat_template))
+    }
+
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
+        let inner = parse(&json, &path)?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: serde_json::Value = std::fs::read_to_string(&cfg_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let token_of = |k: &str| -> Option<u32> {
+            let v = cfg.get(k)?;
+            let s = v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))?;
+            inner.token_to_id(s)
+        };
+        let (bos_id, eos_id) = (token_of("bos_token"), token_of("eos_token"));
+        let add_bos = cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        let chat_template = cfg.get("chat_template").and_then(|v| v.as_str()).map(str::to_string);
+        Ok(Self::assemble(inner, json, bos_id, eos_id, add_bos, chat_template))
+    }
+
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        json: serde_json::Value,
+        bos_id: Option<u32>,
+        eos_id: Option<u32>,
+        add_bos: bool,
+        chat_template: Option<String>,
+    ) -> Self {
+        let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
+        stop_ids.extend(TURN_ENDS.iter().filter_map(|t| inner.token_to_id(t)));
+        stop_ids.dedup();
+        Tokenizer { inner, bos_id, eos_id, add_bos, stop_ids, chat_template, json }
+    }
+
+    /// Token ids of `text`; special-token strings in the text become their ids.
+    /// `add_bos` prepends BOS when the model wants one (whole prompts, not fragments).
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_bos && self.add_bos {
+            ids.extend(self.bos_id);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    pub fn token_to_id(&self, t: &str) -> Option<u32> {
+        self.inner.token_to_id(t)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_string(&self, id: Option<u32>) -> String {
+        id.and_then(|i| self.id_to_token(i)).unwrap_or_default()
+    }
+
+    /// The chat template to use: the named one (builtin or file) or the model's own.
+    pub fn template(&self, name: Option<&str>) -> Result<ChatTemplate> {
+        let source = match name {
+            Some(n) => template::named(n)?,
+            None => self.chat_template.clone().ok_or_else(|| {
+                Error::Template(
+                    "this model has no chat template (it is probably a base model): pass --template chatml|llama3|gemma|alpaca|FILE, or use --prompt for plain text".into(),
+                )
+            })?,
+        };
+        ChatTemplate::new(&source, self.token_string(self.bos_id), self.token_string(self.eos_id))
+    }
+}
+
+fn parse(json: &serde_json::Value, path: &Path) -> Result<tokenizers::Tokenizer> {
+    let bytes = serde_json::to_vec(json).expect("json");
+    tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::file(path, format!("cannot build tokenizer: {e}")))
+}
