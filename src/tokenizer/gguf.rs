@@ -125,10 +125,10 @@ fn sentencepiece_bpe(md: &Metadata, tokens: &[String], types: &[i32]) -> Result<
 
 /// Merges implied by SentencePiece scores, as Hugging Face's SentencePieceExtractor
 /// derives them: every split of a piece into two pieces, best-scored piece first.
-fn spm_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec<String> {
+fn spm_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec<Value> {
     let mergeable = |i: usize| !matches!(types[i], CONTROL | BYTE | UNUSED);
     let ids: HashMap<&str, usize> = tokens.iter().enumerate().filter(|(i, _)| mergeable(*i)).map(|(i, t)| (t.as_str(), i)).collect();
-    let mut merges: Vec<(f32, usize, usize, usize, usize, String)> = vec![];
+    let mut merges: Vec<(f32, usize, usize, usize, usize, [&str; 2])> = vec![];
     for (i, piece) in tokens.iter().enumerate() {
         if !mergeable(i) {
             continue;
@@ -137,7 +137,7 @@ fn spm_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec<String> {
         for (cut, _) in piece.char_indices().skip(1) {
             let (l, r) = piece.split_at(cut);
             if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r)) {
-                local.push((li, ri, l.chars().count(), r.chars().count(), format!("{l} {r}")));
+                local.push((li, ri, l.chars().count(), r.chars().count(), [l, r]));
             }
         }
         local.sort_by_key(|x| (x.0, x.1));
@@ -147,5 +147,6 @@ fn spm_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec<String> {
     merges.sort_by(|a, b| {
         b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2))
     });
-    merges.into_iter().map(|m| m.5).collect()
+    // Pairs, not "l r" strings: SentencePiece pieces may contain spaces.
+    merges.into_iter().map(|m| json!(m.5)).collect()
 }
