@@ -1,12 +1,99 @@
-use anyhow::Result;
-use clap::Subcommand;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use instill::bench::{generation_speed, memory_read_bandwidth, GenSpeed};
+use instill::hub;
+use instill::{CausalLm, LoadOptions, Tokenizer};
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
-    /// Prompt-processing and decode tokens/s against llama.cpp on the same GGUF.
-    Generate,
+    /// Prompt-processing and decode tokens/s against llama.cpp on the same GGUF and token ids.
+    Generate(GenBench),
 }
 
-pub fn run(_b: BenchCmd) -> Result<()> {
-    anyhow::bail!("bench generate: not wired yet")
+#[derive(Args)]
+pub struct GenBench {
+    /// Models to measure (registry ids or .gguf files).
+    #[arg(short, long, default_values = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])]
+    model: Vec<String>,
+    #[arg(long, default_value_t = 128)]
+    n_gen: usize,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Python with llama-cpp-python for the peer; `none` skips it.
+    #[arg(long, env = "INSTILL_PEER_PYTHON", default_value = "/tmp/peers-venv/bin/python")]
+    peer_python: String,
+}
+
+// The peer harness's prompt (shared/bench/peers/gen_llamacpp.py), so figures compare.
+const SYSTEM: &str = "You are a helpful assistant. Answer clearly and in plain language.";
+const USER: &str = "I am planning a small vegetable garden on a sunny balcony of about four square meters. I have never grown anything before. Which vegetables are easiest for a beginner, how often should I water them, what kind of containers and soil do I need, and what are the most common mistakes people make in their first season? Please give practical, step-by-step advice.";
+
+pub fn run(b: BenchCmd) -> Result<()> {
+    let BenchCmd::Generate(a) = b;
+    let threads = rayon::current_num_threads();
+    let bw = memory_read_bandwidth(threads);
+    println!("threads {threads}; measured memory read bandwidth {bw:.1} GB/s");
+    println!("| model | prompt tok | instill pp tok/s | llama.cpp pp tok/s | pp ratio | instill tg tok/s | llama.cpp tg tok/s | tg ratio | weights read/token | bandwidth used | same greedy tokens |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for m in &a.model {
+        let source = hub::resolve(m, true)?;
+        let hub::ModelSource::Gguf(path) = &source else { bail!("{m}: bench generate needs a GGUF file") };
+        let model = CausalLm::load(&source, &LoadOptions::default())?;
+        let tok = Tokenizer::load(&source)?;
+        let ids = prompt_ids(&tok)?;
+        let ours = generation_speed(&model, &ids, a.n_gen, a.reps)?;
+        let peer = if a.peer_python == "none" { None } else { Some(llamacpp(&a, path, &ids, threads)?) };
+        let bytes = model.weight_bytes_per_token() as f64;
+        row(m, &ours, peer.as_ref(), bytes);
+    }
+    Ok(())
+}
+
+fn prompt_ids(tok: &Tokenizer) -> Result<Vec<u32>> {
+    let msgs = [serde_json::json!({"role": "system", "content": SYSTEM}), serde_json::json!({"role": "user", "content": USER})];
+    match tok.template(None) {
+        Ok(t) => Ok(tok.encode(&t.render(&msgs, true, None)?, false)?),
+        Err(_) => Ok(tok.encode(&format!("{SYSTEM}\n\n{USER}\n\n"), true)?), // base model: plain text
+    }
+}
+
+fn row(m: &str, ours: &GenSpeed, peer: Option<&serde_json::Value>, bytes: f64) {
+    let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.1}"));
+    let p_pp = peer.and_then(|p| p["pp_tok_s"].as_f64());
+    let p_tg = peer.and_then(|p| p["tg_tok_s"].as_f64());
+    let same = peer.and_then(|p| p["ids"].as_array()).map(|ids| {
+        ids.iter().zip(&ours.ids).take_while(|(a, b)| a.as_u64() == Some(**b as u64)).count()
+    });
+    println!(
+        "| {m} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {:.1} MB | {:.1} GB/s | {} |",
+        ours.prompt_tokens,
+        ours.pp_tok_s,
+        f(p_pp),
+        p_pp.map_or("-".into(), |p| format!("{:.2}x", ours.pp_tok_s / p)),
+        ours.tg_tok_s,
+        f(p_tg),
+        p_tg.map_or("-".into(), |p| format!("{:.2}x", ours.tg_tok_s / p)),
+        bytes / 1e6,
+        bytes * ours.tg_tok_s / 1e9,
+        same.map_or("-".into(), |s| format!("{s}/{}", ours.gen_tokens)),
+    );
+}
+
+fn llamacpp(a: &GenBench, gguf: &std::path::Path, ids: &[u32], threads: usize) -> Result<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers/llamacpp_gen.py");
+    let req = serde_json::json!({"gguf": gguf, "ids": ids, "n_gen": a.n_gen, "reps": a.reps, "threads": threads});
+    let mut child = Command::new(&a.peer_python)
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting the llama.cpp peer with {} (install llama-cpp-python, or pass --peer-python none)", a.peer_python))?;
+    child.stdin.take().expect("piped").write_all(req.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("the llama.cpp peer failed (exit {})", out.status);
+    }
+    Ok(serde_json::from_slice(&out.stdout).context("the llama.cpp peer printed no JSON")?)
 }

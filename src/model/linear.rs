@@ -19,6 +19,12 @@ pub struct Linear {
     pub bias: Option<Tensor>,
 }
 
+/// `T` of a `(B, T, in)` input; the row count of a `(rows, in)` one.
+fn tokens_per_row(x: &Tensor) -> usize {
+    let d = x.dims();
+    if d.len() >= 2 { d[d.len() - 2] } else { 1 }
+}
+
 impl Linear {
     pub fn dense(w: Tensor, bias: Option<Tensor>) -> Self {
         Linear { weight: LinearWeight::Dense(w), bias }
@@ -40,6 +46,14 @@ impl Linear {
                 *out.last_mut().expect("rank >= 1") = w.dim(0)?;
                 y.reshape(out)?
             }
+            LinearWeight::Quant(q, _) if tokens_per_row(x) > 1 => {
+                // Several tokens per sequence (prefill, training): dequantizing once and
+                // using the f32 GEMM beats block dot products, whose cost grows with every
+                // row (measured: 120 -> 468 prompt tok/s on SmolLM2). Deciding by tokens per
+                // row, not total rows, keeps a sequence's numerics independent of how many
+                // others share its batch.
+                Self::dense(q.dequantize(&q.device())?, None).forward(x)?
+            }
             LinearWeight::Quant(_, mm) => mm.forward(x)?,
         };
         Ok(match &self.bias {
@@ -54,6 +68,13 @@ impl Linear {
             LinearWeight::Dense(w) => w.clone(),
             LinearWeight::Quant(q, _) => q.dequantize(&q.device())?,
         })
+    }
+
+    pub fn storage_bytes(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            LinearWeight::Quant(q, _) => q.storage_size_in_bytes(),
+        }
     }
 
     pub fn quant_type(&self) -> Option<GgmlDType> {

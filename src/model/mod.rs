@@ -251,6 +251,17 @@ impl CausalLm {
         Ok(out)
     }
 
+    /// Bytes of weights one decode step reads: every projection plus the output head.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let mut n = self.lm_head.storage_bytes();
+        for b in &self.blocks {
+            for l in [&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.mlp.gate, &b.mlp.up, &b.mlp.down] {
+                n += l.storage_bytes();
+            }
+        }
+        n
+    }
+
     /// A one-line description of how each projection is stored.
     pub fn weight_summary(&self) -> String {
         let mut counts = std::collections::BTreeMap::<String, usize>::new();

@@ -1,0 +1,37 @@
+//! Shared test helpers: registry models are fetched (and sha256-verified) on first use.
+#![allow(dead_code)]
+use candle_core::Tensor;
+use instill::hub::{self, ModelSource};
+use instill::{CausalLm, LoadOptions, Tokenizer};
+use std::path::PathBuf;
+
+pub fn source(id: &str) -> ModelSource {
+    hub::resolve(id, true).unwrap_or_else(|e| panic!("fetching {id}: {e}"))
+}
+
+pub fn load(id: &str, dequantize: bool) -> (CausalLm, Tokenizer) {
+    let s = source(id);
+    let opts = LoadOptions { dequantize, ..Default::default() };
+    (CausalLm::load(&s, &opts).unwrap(), Tokenizer::load(&s).unwrap())
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+pub fn read_json(rel: &str) -> serde_json::Value {
+    let p = fixture(rel);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("instill-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
