@@ -14,7 +14,7 @@ pub enum Error {
     Input(String),
     #[error("download failed: {0}")]
     Download(String),
-    #[error("tensor error: {0}")]
+    #[error("tensor error: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -30,4 +30,9 @@ impl Error {
     pub fn file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::File { path: path.into(), msg: msg.into() }
     }
+}
+
+/// The message without the backtrace candle appends when RUST_BACKTRACE is set.
+pub fn first_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }

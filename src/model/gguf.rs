@@ -1,4 +1,5 @@
 //! GGUF metadata access with errors that name the file and key.
+use crate::error::first_line;
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,13 @@ impl Metadata {
         let mut f = std::fs::File::open(path).map_err(|e| Error::file(path, e.to_string()))?;
         let len = f.metadata()?.len();
         let content = Content::read(&mut f).map_err(|e| {
-            Error::file(path, format!("not a readable GGUF file ({e}); re-download it or check the path"))
+            let msg = first_line(&e);
+            match msg.strip_prefix("unknown dtype for tensor ") {
+                Some(id) => Error::file(path, format!(
+                    "uses GGML tensor type id {id}, which instill cannot read (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q8_K); re-quantize it to one of those"
+                )),
+                None => Error::file(path, format!("not a readable GGUF file ({msg}); re-download it or check the path")),
+            }
         })?;
         // A truncated download still has a valid header: check the data is all there.
         let end = content

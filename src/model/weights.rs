@@ -54,7 +54,7 @@ impl WeightStore {
             let q = md
                 .content
                 .tensor(&mut f, name, dev)
-                .map_err(|e| Error::file(&md.path, format!("tensor {name:?}: {e}")))?;
+                .map_err(|e| Error::file(&md.path, format!("tensor {name:?}: {}", crate::error::first_line(&e))))?;
             map.insert(name.clone(), Weight::Quant(Arc::new(q)));
         }
         Ok(WeightStore { path: md.path.clone(), map })
@@ -64,7 +64,7 @@ impl WeightStore {
     pub fn from_hf_dir(dir: &Path, arch: &dyn Architecture, cfg: &ModelConfig, dev: &Device) -> Result<Self> {
         let files = safetensor_files(dir)?;
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
-            .map_err(|e| Error::file(dir, format!("reading safetensors: {e}")))?;
+            .map_err(|e| Error::file(dir, format!("reading safetensors: {}", crate::error::first_line(&e))))?;
         let mut map = HashMap::new();
         for (name, _) in st.tensors() {
             let Some(g) = arch::hf_to_gguf(arch, &name) else {
