@@ -21,6 +21,10 @@ pub struct GenSpeed {
 
 /// Prefill `prompt`, then decode `n_gen` greedy tokens; median over `reps` after a warm-up.
 pub fn generation_speed(model: &CausalLm, prompt: &[u32], n_gen: usize, reps: usize) -> Result<GenSpeed> {
+    crate::model::on_workers(|| speed(model, prompt, n_gen, reps))
+}
+
+fn speed(model: &CausalLm, prompt: &[u32], n_gen: usize, reps: usize) -> Result<GenSpeed> {
     let mut pp = vec![];
     let mut tg = vec![];
     let mut ids = vec![];

@@ -53,7 +53,17 @@ pub fn generate(
     tok: &Tokenizer,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
-    on_text: &mut dyn FnMut(usize, &str),
+    on_text: &mut (dyn FnMut(usize, &str) + Send),
+) -> Result<Vec<Generation>> {
+    crate::model::on_workers(|| generate_here(model, tok, prompts, opts, on_text))
+}
+
+fn generate_here(
+    model: &CausalLm,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    on_text: &mut (dyn FnMut(usize, &str) + Send),
 ) -> Result<Vec<Generation>> {
     let ctx = model.config.max_position;
     if let Some(p) = prompts.iter().find(|p| p.len() >= ctx) {
@@ -101,7 +111,7 @@ pub fn generate(
 }
 
 /// Add token `t` to a row: stop on EOS or a stop string, stream the new text.
-fn accept(row: &mut Row, t: u32, tok: &Tokenizer, opts: &GenerateOptions, i: usize, on_text: &mut dyn FnMut(usize, &str)) -> Result<()> {
+fn accept(row: &mut Row, t: u32, tok: &Tokenizer, opts: &GenerateOptions, i: usize, on_text: &mut (dyn FnMut(usize, &str) + Send)) -> Result<()> {
     if !opts.ignore_eos && tok.stop_ids.contains(&t) {
         row.finish = Some(FinishReason::Eos);
         return Ok(());

@@ -1,5 +1,6 @@
 //! The projection every block uses. It is the seam where later work plugs in
 //! adapters (LoRA) and quantized bases: callers only see `forward`.
+use super::kernels::qgemv;
 use crate::Result;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
@@ -17,6 +18,29 @@ pub enum LinearWeight {
 pub struct Linear {
     pub weight: LinearWeight,
     pub bias: Option<Tensor>,
+}
+
+/// Formats our own SIMD kernel serves better than candle's scalar dot products (CPU only).
+fn own_kernel(q: &QTensor) -> Option<qgemv::Format> {
+    if !q.device().is_cpu() {
+        return None;
+    }
+    match q.dtype() {
+        GgmlDType::Q4_1 => Some(qgemv::Format::Q4_1),
+        GgmlDType::Q5_0 => Some(qgemv::Format::Q5_0),
+        GgmlDType::Q8_0 => Some(qgemv::Format::Q8_0),
+        _ => None,
+    }
+}
+
+fn qgemv_forward(format: qgemv::Format, q: &QTensor, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = q.shape().dims2()?;
+    let rows = x.elem_count() / k;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let y = qgemv::matmul(format, &q.data()?, n, k, &xs, rows);
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().expect("rank >= 1") = n;
+    Ok(Tensor::from_vec(y, shape, x.device())?)
 }
 
 /// `T` of a `(B, T, in)` input; the row count of a `(rows, in)` one.
@@ -54,7 +78,10 @@ impl Linear {
                 // others share its batch.
                 Self::dense(q.dequantize(&q.device())?, None).forward(x)?
             }
-            LinearWeight::Quant(_, mm) => mm.forward(x)?,
+            LinearWeight::Quant(q, mm) => match own_kernel(q) {
+                Some(format) => qgemv_forward(format, q, x)?,
+                None => mm.forward(x)?,
+            },
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,

@@ -1,0 +1,2 @@
+//! Hand-written kernels for hot paths no crate serves well (each tested against the plain op).
+pub mod qgemv;

@@ -1,0 +1,326 @@
+//! Matrix-vector products against GGUF Q4_1 and Q5_0 blocks, the formats of our default
+//! models whose dot products candle only has as scalar code.
+//!
+//! Activations are quantized per 32 values to i8 (like ggml's Q8_1), and each block's dot
+//! product runs on u8 x i8 SIMD multiplies. Output rows are split across threads.
+use half::f16;
+use rayon::prelude::*;
+
+pub const QK: usize = 32;
+/// Bytes per block: Q4_1 = d, m (f16) + 16 nibble bytes; Q5_0 = d (f16) + 4 high-bit bytes + 16.
+pub const Q4_1_BYTES: usize = 20;
+pub const Q5_0_BYTES: usize = 22;
+/// Q8_0 = d (f16) + 32 signed bytes.
+pub const Q8_0_BYTES: usize = 34;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Q4_1,
+    Q5_0,
+    Q8_0,
+}
+
+impl Format {
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Format::Q4_1 => Q4_1_BYTES,
+            Format::Q5_0 => Q5_0_BYTES,
+            Format::Q8_0 => Q8_0_BYTES,
+        }
+    }
+}
+
+/// One row of activations quantized to i8 blocks.
+pub struct QuantRow {
+    pub qs: Vec<i8>,
+    /// Per block: scale.
+    pub d: Vec<f32>,
+    /// Per block: sum of the i8 values.
+    pub sum: Vec<i32>,
+}
+
+pub fn quantize_row(x: &[f32]) -> QuantRow {
+    let nb = x.len() / QK;
+    let mut r = QuantRow { qs: vec![0; x.len()], d: vec![0.0; nb], sum: vec![0; nb] };
+    for b in 0..nb {
+        let xs = &x[b * QK..(b + 1) * QK];
+        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut s = 0i32;
+        for (q, &v) in r.qs[b * QK..(b + 1) * QK].iter_mut().zip(xs) {
+            *q = (v * id).round() as i8;
+            s += *q as i32;
+        }
+        r.d[b] = d;
+        r.sum[b] = s;
+    }
+    r
+}
+
+/// `y[m][n] = sum_k x[m][k] * W[n][k]` for `W` given as `n` rows of blocks.
+/// `x` is `(m, k)` row-major; returns `(m, n)` row-major.
+pub fn matmul(format: Format, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
+    assert!(k % QK == 0 && x.len() == m * k && w.len() == n * (k / QK) * format.block_bytes());
+    let rows: Vec<QuantRow> = (0..m).map(|i| quantize_row(&x[i * k..(i + 1) * k])).collect();
+    let row_bytes = (k / QK) * format.block_bytes();
+    let mut out_t = vec![0f32; n * m]; // (n, m): each task writes its own weight rows
+    const CHUNK: usize = 16;
+    out_t.par_chunks_mut(CHUNK * m).enumerate().for_each(|(c, dst)| {
+        for (j, wrow) in w[c * CHUNK * row_bytes..].chunks(row_bytes).take(dst.len() / m).enumerate() {
+            for (i, xr) in rows.iter().enumerate() {
+                dst[j * m + i] = dot(format, wrow, xr);
+            }
+        }
+    });
+    if m == 1 {
+        return out_t;
+    }
+    let mut out = vec![0f32; m * n];
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = out_t[j * m + i];
+        }
+    }
+    out
+}
+
+fn dot(format: Format, w: &[u8], x: &QuantRow) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected; slices are sized by `matmul`'s assert.
+            return unsafe {
+                match format {
+                    Format::Q4_1 => x86::dot_q4_1(w, x),
+                    Format::Q5_0 => x86::dot_q5_0(w, x),
+                    Format::Q8_0 => x86::dot_q8_0(w, x),
+                }
+            };
+        }
+    }
+    match format {
+        Format::Q4_1 => dot_q4_1_scalar(w, x),
+        Format::Q5_0 => dot_q5_0_scalar(w, x),
+        Format::Q8_0 => dot_q8_0_scalar(w, x),
+    }
+}
+
+pub fn dot_q8_0_scalar(w: &[u8], x: &QuantRow) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in w.chunks_exact(Q8_0_BYTES).enumerate() {
+        let q = &x.qs[b * QK..];
+        let s: i32 = (0..QK).map(|j| blk[2 + j] as i8 as i32 * q[j] as i32).sum();
+        acc += f16_at(blk, 0) * x.d[b] * s as f32;
+    }
+    acc
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+pub fn dot_q4_1_scalar(w: &[u8], x: &QuantRow) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in w.chunks_exact(Q4_1_BYTES).enumerate() {
+        let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+        let q = &x.qs[b * QK..];
+        let mut s = 0i32;
+        for j in 0..16 {
+            s += (blk[4 + j] & 0x0F) as i32 * q[j] as i32 + (blk[4 + j] >> 4) as i32 * q[j + 16] as i32;
+        }
+        acc += d * x.d[b] * s as f32 + m * x.d[b] * x.sum[b] as f32;
+    }
+    acc
+}
+
+pub fn dot_q5_0_scalar(w: &[u8], x: &QuantRow) -> f32 {
+    let mut acc = 0f32;
+    for (b, blk) in w.chunks_exact(Q5_0_BYTES).enumerate() {
+        let d = f16_at(blk, 0);
+        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        let q = &x.qs[b * QK..];
+        let mut s = 0i32;
+        for j in 0..16 {
+            let lo = ((blk[6 + j] & 0x0F) as u32 | (((qh >> j) & 1) << 4)) as i32 - 16;
+            let hi = ((blk[6 + j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4)) as i32 - 16;
+            s += lo * q[j] as i32 + hi * q[j + 16] as i32;
+        }
+        acc += d * x.d[b] * s as f32;
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{QuantRow, QK, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES};
+    use std::arch::x86_64::*;
+
+    /// 16 bytes of nibbles -> 32 bytes: low nibbles first (elements 0..16), then high.
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        let v = _mm_loadu_si128(p as *const __m128i);
+        let lo = _mm_and_si128(v, _mm_set1_epi8(0x0F));
+        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0F));
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// Sum of u8 x i8 products, as 8 i32 lanes turned into floats.
+    #[inline(always)]
+    unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256 {
+        let p16 = _mm256_maddubs_epi16(w, x);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Blocks per loop step: independent accumulators hide FMA latency.
+    const U: usize = 4;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1(w: &[u8], x: &QuantRow) -> f32 {
+        let nb = w.len() / Q4_1_BYTES;
+        let (wp, xq, xd, xs) = (w.as_ptr(), x.qs.as_ptr(), x.d.as_ptr(), x.sum.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); U];
+        let mut offs = [0f32; U];
+        let mut b = 0;
+        while b < nb {
+            for u in 0..U.min(nb - b) {
+                let blk = wp.add((b + u) * Q4_1_BYTES);
+                let d = *xd.add(b + u);
+                let wq = nibbles(blk.add(4));
+                let q = _mm256_loadu_si256(xq.add((b + u) * QK) as *const __m256i);
+                acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(f16_ptr(blk) * d), dot_u8_i8(wq, q), acc[u]);
+                offs[u] += f16_ptr(blk.add(2)) * d * *xs.add(b + u) as f32;
+            }
+            b += U;
+        }
+        let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum(acc) + offs.iter().sum::<f32>()
+    }
+
+    #[inline(always)]
+    unsafe fn f16_ptr(p: *const u8) -> f32 {
+        half::f16::from_bits(u16::from_le_bytes([*p, *p.add(1)])).to_f32()
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0(w: &[u8], x: &QuantRow) -> f32 {
+        let nb = w.len() / Q8_0_BYTES;
+        let (wp, xq, xd) = (w.as_ptr(), x.qs.as_ptr(), x.d.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); U];
+        let mut b = 0;
+        while b < nb {
+            for u in 0..U.min(nb - b) {
+                let blk = wp.add((b + u) * Q8_0_BYTES);
+                let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                let q = _mm256_loadu_si256(xq.add((b + u) * QK) as *const __m256i);
+                // i8 x i8 through the u8 x i8 multiply: |w| times x carrying w's sign.
+                let p = dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(q, wq));
+                acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(f16_ptr(blk) * *xd.add(b + u)), p, acc[u]);
+            }
+            b += U;
+        }
+        hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+    }
+
+    /// 32 high bits -> 32 bytes holding 0x10 where the bit is set.
+    #[inline(always)]
+    unsafe fn high_bits(qh: u32) -> __m256i {
+        let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
+        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
+        let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q5_0(w: &[u8], x: &QuantRow) -> f32 {
+        let nb = w.len() / Q5_0_BYTES;
+        let (wp, xq, xd, xs) = (w.as_ptr(), x.qs.as_ptr(), x.d.as_ptr(), x.sum.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); U];
+        let mut offs = [0f32; U];
+        let mut b = 0;
+        while b < nb {
+            for u in 0..U.min(nb - b) {
+                let blk = wp.add((b + u) * Q5_0_BYTES);
+                let scale = f16_ptr(blk) * *xd.add(b + u);
+                let qh = u32::from_le_bytes([*blk.add(2), *blk.add(3), *blk.add(4), *blk.add(5)]);
+                // Unsigned 0..31 values; the -16 offset is applied through the block's sum.
+                let wq = _mm256_or_si256(nibbles(blk.add(6)), high_bits(qh));
+                let q = _mm256_loadu_si256(xq.add((b + u) * QK) as *const __m256i);
+                acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(scale), dot_u8_i8(wq, q), acc[u]);
+                offs[u] += scale * 16.0 * *xs.add(b + u) as f32;
+            }
+            b += U;
+        }
+        let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum(acc) - offs.iter().sum::<f32>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    fn check(dtype: GgmlDType, format: Format) {
+        let (n, k, m) = (37, 256, 3);
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let wd = q.dequantize(&dev).unwrap();
+        let xs = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // The kernel multiplies 8-bit activations: compare with exactly those, dequantized.
+        let xq: Vec<f32> = (0..m)
+            .flat_map(|i| {
+                let r = quantize_row(&xs[i * k..(i + 1) * k]);
+                (0..k).map(move |j| r.qs[j] as f32 * r.d[j / QK]).collect::<Vec<_>>()
+            })
+            .collect();
+        let x = Tensor::from_vec(xq, (m, k), &dev).unwrap();
+        let want = x.matmul(&wd.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bytes = q.data().unwrap();
+        let got = matmul(format, &bytes, n, k, &xs, m);
+        let row = quantize_row(&xs[..k]);
+        let wrow = &bytes[..(k / QK) * format.block_bytes()];
+        let scalar = match format {
+            Format::Q4_1 => dot_q4_1_scalar(wrow, &row),
+            Format::Q5_0 => dot_q5_0_scalar(wrow, &row),
+            Format::Q8_0 => dot_q8_0_scalar(wrow, &row),
+        };
+        assert!((scalar - got[0]).abs() < 1e-3, "SIMD {} vs scalar {scalar}", got[0]);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-3 * (1.0 + w.abs()), "{format:?}: {g} vs {w}");
+        }
+    }
+
+    pub fn check_pub(dtype: GgmlDType, format: Format) {
+        check(dtype, format)
+    }
+
+    #[test]
+    fn q4_1_matches_dequantized_matmul() {
+        check(GgmlDType::Q4_1, Format::Q4_1);
+    }
+
+    #[test]
+    fn q5_0_matches_dequantized_matmul() {
+        check(GgmlDType::Q5_0, Format::Q5_0);
+    }
+}
+
+#[cfg(test)]
+mod q8_tests {
+    #[test]
+    fn q8_0_matches_dequantized_matmul() {
+        super::tests::check_pub(candle_core::quantized::GgmlDType::Q8_0, super::Format::Q8_0);
+    }
+}
