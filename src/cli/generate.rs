@@ -10,6 +10,9 @@ pub struct SamplingArgs {
     /// Maximum tokens to generate.
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
+    /// Forbid end-of-sequence until this many tokens are generated.
+    #[arg(long, default_value_t = 0)]
+    pub min_new_tokens: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
@@ -45,6 +48,7 @@ impl SamplingArgs {
             },
             stop_strings: self.stop.clone(),
             ignore_eos: false,
+            min_new_tokens: self.min_new_tokens,
         }
     }
 }

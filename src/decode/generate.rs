@@ -13,11 +13,13 @@ pub struct GenerateOptions {
     pub stop_strings: Vec<String>,
     /// Keep going past end-of-sequence tokens (benchmarks).
     pub ignore_eos: bool,
+    /// End-of-sequence tokens are forbidden until this many tokens exist (as in transformers).
+    pub min_new_tokens: usize,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 256, sampling: SamplingParams::default(), stop_strings: vec![], ignore_eos: false }
+        GenerateOptions { max_new_tokens: 256, sampling: SamplingParams::default(), stop_strings: vec![], ignore_eos: false, min_new_tokens: 0 }
     }
 }
 
@@ -91,6 +93,13 @@ fn generate_here(
             if row.finish.is_some() {
                 next.push(pad);
                 continue;
+            }
+            if row.tokens.len() < opts.min_new_tokens {
+                for &s in &tok.stop_ids {
+                    if let Some(x) = l.get_mut(s as usize) {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
             }
             let history: Vec<u32> = row.prompt.iter().chain(&row.tokens).copied().collect();
             let t = row.sampler.sample(&mut l, &history);

@@ -37,6 +37,7 @@ impl ChatTemplate {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
+        env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string()).map_err(|e| Error::Template(e.to_string()))?;
         Ok(ChatTemplate { env, bos, eos })
     }
@@ -52,6 +53,55 @@ impl ChatTemplate {
             eos_token => &self.eos,
         };
         tmpl.render(ctx).map_err(|e| Error::Template(describe(&e)))
+    }
+}
+
+/// transformers' `tojson`: Python's `json.dumps(x, ensure_ascii=False, indent=indent)`,
+/// keys in insertion order, no HTML escaping (minijinja's builtin sorts keys, is compact
+/// and escapes HTML, so tool schemas would render differently from the reference).
+fn tojson(v: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&v).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let mut out = String::new();
+    py_dumps(&json, indent, 0, &mut out);
+    Ok(Value::from_safe_string(out))
+}
+
+fn py_dumps(v: &serde_json::Value, indent: Option<usize>, depth: usize, out: &mut String) {
+    use serde_json::Value as J;
+    let (open_sep, item_sep, close_sep) = match indent {
+        Some(n) => (format!("\n{}", " ".repeat(n * (depth + 1))), format!(",\n{}", " ".repeat(n * (depth + 1))), format!("\n{}", " ".repeat(n * depth))),
+        None => (String::new(), ", ".to_string(), String::new()),
+    };
+    match v {
+        J::Array(items) if !items.is_empty() => {
+            out.push('[');
+            out.push_str(&open_sep);
+            for (i, x) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&item_sep);
+                }
+                py_dumps(x, indent, depth + 1, out);
+            }
+            out.push_str(&close_sep);
+            out.push(']');
+        }
+        J::Object(map) if !map.is_empty() => {
+            out.push('{');
+            out.push_str(&open_sep);
+            for (i, (k, x)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&item_sep);
+                }
+                out.push_str(&serde_json::to_string(k).expect("string"));
+                out.push_str(": ");
+                py_dumps(x, indent, depth + 1, out);
+            }
+            out.push_str(&close_sep);
+            out.push('}');
+        }
+        other => out.push_str(&serde_json::to_string(other).expect("json")),
     }
 }
 
