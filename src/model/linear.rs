@@ -1,6 +1,6 @@
 //! The projection every block uses. It is the seam where later work plugs in
 //! adapters (LoRA) and quantized bases: callers only see `forward`.
-use super::kernels::qgemv;
+use super::kernels::{ggml_gemv, qgemv};
 use crate::Result;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
@@ -20,27 +20,35 @@ pub struct Linear {
     pub bias: Option<Tensor>,
 }
 
-/// Formats our own SIMD kernel serves better than candle's scalar dot products (CPU only).
-fn own_kernel(q: &QTensor) -> Option<qgemv::Format> {
+/// Quantized products on the CPU run on our rayon pool: Q4_1, Q5_0 and Q8_0 through our
+/// SIMD kernels (candle only has scalar code for the first two), the other block types
+/// through candle's per-block dot products.
+fn qgemv_forward(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+    use candle_core::quantized::k_quants::*;
+    use qgemv::Format;
     if !q.device().is_cpu() {
-        return None;
+        return Ok(None);
     }
-    match q.dtype() {
-        GgmlDType::Q4_1 => Some(qgemv::Format::Q4_1),
-        GgmlDType::Q5_0 => Some(qgemv::Format::Q5_0),
-        GgmlDType::Q8_0 => Some(qgemv::Format::Q8_0),
-        _ => None,
-    }
-}
-
-fn qgemv_forward(format: qgemv::Format, q: &QTensor, x: &Tensor) -> Result<Tensor> {
     let (n, k) = q.shape().dims2()?;
     let rows = x.elem_count() / k;
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    let y = qgemv::matmul(format, &q.data()?, n, k, &xs, rows);
+    let w = q.data()?;
+    let y = match q.dtype() {
+        GgmlDType::Q4_1 => qgemv::matmul(Format::Q4_1, &w, n, k, &xs, rows),
+        GgmlDType::Q5_0 => qgemv::matmul(Format::Q5_0, &w, n, k, &xs, rows),
+        GgmlDType::Q8_0 => qgemv::matmul(Format::Q8_0, &w, n, k, &xs, rows),
+        GgmlDType::Q4_0 => ggml_gemv::matmul::<BlockQ4_0>(&w, n, k, &xs, rows),
+        GgmlDType::Q5_1 => ggml_gemv::matmul::<BlockQ5_1>(&w, n, k, &xs, rows),
+        GgmlDType::Q2K => ggml_gemv::matmul::<BlockQ2K>(&w, n, k, &xs, rows),
+        GgmlDType::Q3K => ggml_gemv::matmul::<BlockQ3K>(&w, n, k, &xs, rows),
+        GgmlDType::Q4K => ggml_gemv::matmul::<BlockQ4K>(&w, n, k, &xs, rows),
+        GgmlDType::Q5K => ggml_gemv::matmul::<BlockQ5K>(&w, n, k, &xs, rows),
+        GgmlDType::Q6K => ggml_gemv::matmul::<BlockQ6K>(&w, n, k, &xs, rows),
+        _ => return Ok(None),
+    };
     let mut shape = x.dims().to_vec();
     *shape.last_mut().expect("rank >= 1") = n;
-    Ok(Tensor::from_vec(y, shape, x.device())?)
+    Ok(Some(Tensor::from_vec(y, shape, x.device())?))
 }
 
 /// `T` of a `(B, T, in)` input; the row count of a `(rows, in)` one.
@@ -78,8 +86,8 @@ impl Linear {
                 // others share its batch.
                 Self::dense(q.dequantize(&q.device())?, None).forward(x)?
             }
-            LinearWeight::Quant(q, mm) => match own_kernel(q) {
-                Some(format) => qgemv_forward(format, q, x)?,
+            LinearWeight::Quant(q, mm) => match qgemv_forward(q, x)? {
+                Some(y) => y,
                 None => mm.forward(x)?,
             },
         };

@@ -1,2 +1,3 @@
 //! Hand-written kernels for hot paths no crate serves well (each tested against the plain op).
+pub mod ggml_gemv;
 pub mod qgemv;

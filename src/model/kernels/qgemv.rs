@@ -94,6 +94,11 @@ pub fn matmul_with(format: Format, w: &[u8], n: usize, k: usize, x: &[f32], m: u
             }
         }
     });
+    transpose_out(out_t, n, m)
+}
+
+/// `(n, m)` results, as the workers wrote them, to the `(m, n)` layout callers want.
+pub fn transpose_out(out_t: Vec<f32>, n: usize, m: usize) -> Vec<f32> {
     if m == 1 {
         return out_t;
     }
