@@ -3,6 +3,7 @@
 //! The modules mirror the pipeline (see ARCHITECTURE.md): `hub` finds model files,
 //! `model` runs them, `tokenizer` turns text and chats into ids, `decode` generates.
 pub mod bench;
+pub mod data;
 pub mod decode;
 pub mod error;
 pub mod hub;

@@ -1,6 +1,7 @@
 //! The command line: argument parsing, progress and printing only; the work is in the library.
 mod bench;
 mod chat;
+mod data;
 mod export;
 mod fetch;
 mod generate;
@@ -31,6 +32,9 @@ enum Cmd {
     Generate(generate::GenerateArgs),
     /// Interactive multi-turn chat with streaming output.
     Chat(chat::ChatArgs),
+    /// Instruction data: check, convert, render.
+    #[command(subcommand)]
+    Data(data::DataCmd),
     /// Write a model as a Hugging Face directory (config.json, safetensors, tokenizer).
     Export(export::ExportArgs),
     /// Measure speed against the peers (llama.cpp, PyTorch) in the same run.
@@ -71,6 +75,7 @@ pub fn run() -> Result<()> {
         Cmd::Generate(a) => generate::run(a),
         Cmd::Chat(a) => chat::run(a),
         Cmd::Export(a) => export::run(a),
+        Cmd::Data(d) => data::run(d),
         Cmd::Bench(b) => bench::run(b),
     }
 }
