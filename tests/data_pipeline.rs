@@ -1,0 +1,178 @@
+//! Data: every layout loads, problems name file:line and field, loss masks follow the
+//! template's turns at token boundaries, and packing changes no example's loss.
+mod common;
+
+use candle_core::{Tensor, D};
+use common::{fixture, load, read_json};
+use instill::data::pack::{pack, padded, Rows};
+use instill::data::read::{load as read, ReadOptions};
+use instill::data::render::{render, LossOn};
+use instill::data::{Conversation, Example, Message};
+use instill::model::LogitsFor;
+
+fn load_fixture(name: &str) -> instill::data::read::Loaded {
+    read(&fixture(&format!("data/{name}")), &ReadOptions::default()).unwrap()
+}
+
+#[test]
+fn every_layout_is_detected_and_loads() {
+    let cases = [
+        ("alpaca.json", "alpaca", 3),
+        ("sharegpt_tools.json", "sharegpt", 3),
+        ("messages.jsonl", "messages", 3),
+        ("gsm8k.jsonl", "gsm8k", 3),
+        ("sharegpt_preference.json", "sharegpt-preference", 3),
+        ("messages_preference.jsonl", "messages-preference", 2),
+        ("trl_preference.jsonl", "trl-preference", 2),
+        ("hh_rlhf.jsonl", "hh-rlhf", 3),
+        ("kto.json", "kto", 3),
+        ("superni_eval.jsonl", "superni", 3),
+        ("superni_task.json", "superni-task", 3),
+    ];
+    for (file, format, n) in cases {
+        let l = load_fixture(file);
+        assert_eq!(l.format, format, "{file}");
+        assert!(l.problems.is_empty(), "{file}: {:?}", l.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+        assert_eq!(l.records.len(), n, "{file}");
+    }
+    // Tool calls survive: the glaive function_call turn becomes an assistant tool call.
+    let l = load_fixture("sharegpt_tools.json");
+    let Example::Sft(c) = &l.records[0].example else { panic!() };
+    assert!(c.tools.is_some() && c.messages.iter().any(|m| m.tool_calls.is_some() && m.role == "assistant"));
+    assert!(c.messages.iter().any(|m| m.role == "tool"));
+}
+
+#[test]
+fn all_shared_data_files_load() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    if !root.exists() {
+        eprintln!("skipped: ../shared/data is not here (a fresh clone has no shared/)");
+        return;
+    }
+    let mut files = vec![];
+    for dir in ["sft", "preference", "superni", "superni/tasks"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() > 150);
+    for f in files {
+        let l = read(&f, &ReadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!l.records.is_empty(), "{}", f.display());
+        // The only problems in the shared data are real ones in hh-rlhf (empty or doubled turns).
+        if !f.to_string_lossy().contains("hh_rlhf") {
+            assert!(l.problems.is_empty(), "{}: {}", f.display(), l.problems[0]);
+        }
+    }
+}
+
+#[test]
+fn problems_name_line_field_and_what_was_found() {
+    let l = load_fixture("bad.jsonl");
+    let msgs: Vec<String> = l.problems.iter().map(|p| p.to_string()).collect();
+    let file = fixture("data/bad.jsonl").display().to_string();
+    let expect = [
+        format!("{file}:2: field \"messages[1].role\": expected one of system|user|assistant|tool, got \"gpt\""),
+        format!("{file}:3: field \"messages[1].content\": empty response"),
+        format!("{file}:4: field \"messages[0].role\": \"assistant\" cannot follow the start"),
+        format!("{file}:5: invalid JSON"),
+        format!("{file}:6: field \"messages\": expected a list of messages"),
+    ];
+    for e in &expect {
+        assert!(msgs.iter().any(|m| m.starts_with(e.as_str())), "missing {e:?} in {msgs:#?}");
+    }
+    assert_eq!(l.records.len(), 1, "the one good line still loads");
+    let l = load_fixture("bad_utf8.jsonl");
+    assert!(l.problems[0].to_string().contains(":2: not valid UTF-8"), "{}", l.problems[0]);
+}
+
+fn conv(turns: &[(&str, &str)]) -> Conversation {
+    Conversation { messages: turns.iter().map(|(r, c)| Message::new(r, *c)).collect(), tools: None }
+}
+
+/// The trained tokens decode to exactly the assistant turns (with their end marker).
+#[test]
+fn masks_cover_assistant_turns_exactly() {
+    for (family, id, end) in [("smollm2", "smollm2-135m-instruct", "<|im_end|>"), ("qwen2", "qwen2.5-coder-0.5b-instruct", "<|im_end|>")] {
+        let fx = read_json(&format!("chat/{family}.json"));
+        let s = common::source(id);
+        let tok = instill::Tokenizer::load(&s).unwrap();
+        let tmpl = tok.template(None).unwrap();
+        let c = conv(&[("user", "2+2?"), ("assistant", "4"), ("user", "And 3+3?"), ("assistant", "6")]);
+        let r = render(&tok, &tmpl, &c, LossOn::Assistant).unwrap();
+        // The text is the reference rendering of the same conversation.
+        let same = fx["cases"].as_array().unwrap().iter().find(|k| k["messages"].as_array().unwrap().len() == 4).unwrap();
+        assert_eq!(r.text, same["rendered"].as_str().unwrap(), "{family}");
+        let pieces: Vec<String> = runs(&r.ids, &r.mask).iter().map(|ids| tok.decode(ids, false).unwrap()).collect();
+        assert_eq!(pieces, vec![format!("4{end}"), format!("6{end}")], "{family}");
+        let last = render(&tok, &tmpl, &c, LossOn::LastTurn).unwrap();
+        let pieces: Vec<String> = runs(&last.ids, &last.mask).iter().map(|ids| tok.decode(ids, false).unwrap()).collect();
+        assert_eq!(pieces, vec![format!("6{end}")]);
+        let all = render(&tok, &tmpl, &c, LossOn::Everything).unwrap();
+        assert!(all.mask.iter().all(|&m| m));
+        let resp = render(&tok, &tmpl, &c, LossOn::ResponseOnly).unwrap();
+        assert_eq!(resp.text, format!("4{end}6{end}"));
+    }
+}
+
+/// Contiguous runs of masked tokens.
+fn runs(ids: &[u32], mask: &[bool]) -> Vec<Vec<u32>> {
+    let mut out: Vec<Vec<u32>> = vec![];
+    for (i, (&t, &m)) in ids.iter().zip(mask).enumerate() {
+        if m {
+            if i == 0 || !mask[i - 1] {
+                out.push(vec![]);
+            }
+            out.last_mut().unwrap().push(t);
+        }
+    }
+    out
+}
+
+/// Mean target loss of every example in `rows`, from one forward pass.
+fn example_losses(m: &instill::CausalLm, rows: &Rows) -> std::collections::BTreeMap<usize, f32> {
+    let logits = m.forward(&rows.batch, None, LogitsFor::All).unwrap();
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for (r, exs) in rows.examples.iter().enumerate() {
+        let lp = logp.get(r).unwrap();
+        let seg = &rows.batch.segments[r];
+        for (s, &ex) in exs.iter().enumerate() {
+            let (mut sum, mut n) = (0f32, 0);
+            for i in 1..seg.len() {
+                if seg[i] == s as u32 && rows.targets[r][i] {
+                    let t = rows.batch.tokens[r][i] as usize;
+                    sum -= lp.get(i - 1).unwrap().get(t).unwrap().to_scalar::<f32>().unwrap();
+                    n += 1;
+                }
+            }
+            out.insert(ex, sum / n as f32);
+        }
+    }
+    out
+}
+
+#[test]
+fn packing_changes_no_example_loss() {
+    let (m, tok) = load("smollm2-135m-instruct", true);
+    let tmpl = tok.template(None).unwrap();
+    let convs = [
+        conv(&[("user", "Name a fruit."), ("assistant", "Apple.")]),
+        conv(&[("system", "Be brief."), ("user", "Capital of Italy?"), ("assistant", "Rome.")]),
+        conv(&[("user", "Count to three."), ("assistant", "One, two, three."), ("user", "Backwards?"), ("assistant", "Three, two, one.")]),
+    ];
+    let rendered: Vec<_> = convs.iter().map(|c| render(&tok, &tmpl, c, LossOn::Assistant).unwrap()).collect();
+    let alone = example_losses(&m, &padded(&rendered, tok.eos_id.unwrap()));
+    let packed_rows = pack(&rendered, 256, tok.eos_id.unwrap());
+    assert_eq!(packed_rows.batch.tokens.len(), 1, "all three fit one row");
+    let packed = example_losses(&m, &packed_rows);
+    for (ex, l) in &alone {
+        let d = (l - packed[ex]).abs();
+        assert!(d < 1e-4, "example {ex}: loss {l} alone vs {} packed", packed[ex]);
+        assert!(l.is_finite() && *l > 0.0);
+    }
+    let _ = Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu);
+}
