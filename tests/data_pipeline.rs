@@ -176,3 +176,27 @@ fn packing_changes_no_example_loss() {
     }
     let _ = Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu);
 }
+
+/// Converting to each layout and reading back gives the same conversations.
+#[test]
+fn convert_roundtrips() {
+    use instill::data::write::{write_jsonl, Layout};
+    let dir = common::tmpdir("convert");
+    for (file, layouts) in [
+        ("sharegpt_tools.json", vec![Layout::Messages, Layout::Sharegpt]),
+        ("alpaca.json", vec![Layout::Messages, Layout::Sharegpt, Layout::Alpaca]),
+        ("sharegpt_preference.json", vec![Layout::Messages, Layout::Sharegpt]),
+        ("kto.json", vec![Layout::Messages]),
+    ] {
+        let orig = load_fixture(file);
+        for layout in layouts {
+            let out = dir.join(format!("{file}-{layout:?}.jsonl"));
+            write_jsonl(&out, &orig.records, layout).unwrap();
+            let back = read(&out, &ReadOptions::default()).unwrap();
+            assert!(back.problems.is_empty(), "{file} as {layout:?}: {}", back.problems[0]);
+            let a: Vec<_> = orig.records.iter().map(|r| &r.example).collect();
+            let b: Vec<_> = back.records.iter().map(|r| &r.example).collect();
+            assert_eq!(a, b, "{file} as {layout:?}");
+        }
+    }
+}

@@ -2,13 +2,55 @@
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use instill::data::read::{load, ReadOptions};
+use instill::data::render::{fit, render, LossOn, Truncation};
 use instill::data::Example;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum DataCmd {
     /// Detect the layout, count records and report every problem with file:line and field.
     Check(CheckArgs),
+    /// Show the exact text a model trains on and which tokens carry loss.
+    Render(RenderArgs),
+    /// Rewrite a file in another layout (messages, sharegpt, alpaca) as JSONL.
+    Convert(ConvertArgs),
+}
+
+#[derive(Args)]
+pub struct RenderArgs {
+    file: PathBuf,
+    #[command(flatten)]
+    model: super::ModelArgs,
+    #[command(flatten)]
+    read: ReadArgs,
+    /// How many examples to print.
+    #[arg(long, default_value_t = 2)]
+    show: usize,
+    /// Which tokens are trained.
+    #[arg(long, value_enum, default_value_t = LossOn::Assistant)]
+    loss: LossOn,
+    /// Chat template: chatml|llama3|gemma|alpaca|FILE (default: the model's own).
+    #[arg(long)]
+    template: Option<String>,
+    /// Token limit; longer examples are counted and handled by --truncation.
+    #[arg(long, default_value_t = 2048)]
+    max_len: usize,
+    #[arg(long, value_enum, default_value_t = Truncation::Drop)]
+    truncation: Truncation,
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    file: PathBuf,
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Target layout.
+    #[arg(long, value_enum)]
+    to: instill::data::write::Layout,
+    /// Output JSONL file (written atomically).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -51,6 +93,8 @@ pub struct CheckArgs {
 pub fn run(cmd: DataCmd) -> Result<()> {
     match cmd {
         DataCmd::Check(a) => check(a),
+        DataCmd::Render(a) => render_cmd(a),
+        DataCmd::Convert(a) => convert(a),
     }
 }
 
@@ -88,5 +132,71 @@ fn check(a: CheckArgs) -> Result<()> {
     if bad > 0 {
         bail!("{bad} problems found");
     }
+    Ok(())
+}
+
+/// Load a file; refuse it if it has problems (the caller reports them all).
+fn load_clean(file: &std::path::Path, read: &ReadArgs) -> Result<instill::data::read::Loaded> {
+    let l = load(file, &read.options()?)?;
+    if let Some(p) = l.problems.first() {
+        bail!("{p} (and {} more problems; run `instill data check` to see them all)", l.problems.len() - 1);
+    }
+    Ok(l)
+}
+
+fn render_cmd(a: RenderArgs) -> Result<()> {
+    let (_, tok) = a.model.load_tokenizer()?;
+    let tmpl = tok.template(a.template.as_deref())?;
+    let l = load_clean(&a.file, &a.read)?;
+    let color = std::io::stdout().is_terminal();
+    let (mut total, mut trained, mut over, mut kept, mut n) = (0, 0, 0, 0, 0);
+    for (i, rec) in l.records.iter().enumerate() {
+        let Example::Sft(c) = &rec.example else { bail!("{}: render shows SFT conversations; this is preference data", rec.origin) };
+        let r = render(&tok, &tmpl, c, a.loss)?;
+        n += 1;
+        total += r.ids.len();
+        trained += r.trained_tokens();
+        over += usize::from(r.ids.len() > a.max_len);
+        kept += usize::from(fit(r.clone(), a.max_len, a.truncation).is_some());
+        if i < a.show {
+            println!("--- {} ({} tokens, {} trained)", rec.origin, r.ids.len(), r.trained_tokens());
+            println!("{}", highlight(&tok, &r.ids, &r.mask, color)?);
+        }
+    }
+    println!(
+        "--- {n} examples, {total} tokens ({:.1} per example), {trained} trained ({:.1}%); {over} longer than {} tokens, {} kept with --truncation {:?}",
+        total as f64 / n.max(1) as f64,
+        100.0 * trained as f64 / total.max(1) as f64,
+        a.max_len,
+        kept,
+        a.truncation
+    );
+    Ok(())
+}
+
+/// The decoded text with trained tokens marked: green on a terminal, else between [[ ]].
+fn highlight(tok: &instill::Tokenizer, ids: &[u32], mask: &[bool], color: bool) -> Result<String> {
+    let (on, off) = if color { ("\x1b[32m", "\x1b[0m") } else { ("[[", "]]") };
+    let mut out = String::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let j = (i..ids.len()).find(|&j| mask[j] != mask[i]).unwrap_or(ids.len());
+        let text = tok.decode(&ids[i..j], false)?;
+        if mask[i] {
+            out.push_str(on);
+            out.push_str(&text);
+            out.push_str(off);
+        } else {
+            out.push_str(&text);
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    let l = load_clean(&a.file, &a.read)?;
+    let n = instill::data::write::write_jsonl(&a.out, &l.records, a.to)?;
+    println!("{}: {n} records as {:?}", a.out.display(), a.to);
     Ok(())
 }

@@ -54,6 +54,13 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The tokenizer alone (no weights loaded).
+    pub fn load_tokenizer(&self) -> Result<(hub::ModelSource, Tokenizer)> {
+        let source = hub::resolve(&self.model, true)?;
+        let tok = Tokenizer::load(&source)?;
+        Ok((source, tok))
+    }
+
     pub fn load(&self) -> Result<(CausalLm, Tokenizer)> {
         let source = hub::resolve(&self.model, true)?;
         let opts = LoadOptions { dequantize: self.dequantize, ..Default::default() };

@@ -6,6 +6,7 @@ pub mod formats;
 pub mod pack;
 pub mod read;
 pub mod render;
+pub mod write;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
