@@ -200,3 +200,38 @@ fn convert_roundtrips() {
         }
     }
 }
+
+#[test]
+fn mixtures_are_seeded_and_exclude_held_out_data() {
+    use instill::data::mix::{mix, Mixture};
+    let dir = common::tmpdir("mix");
+    let task: serde_json::Value = read_json("data/superni_task.json");
+    let first_id = task["Instances"][0]["id"].as_str().unwrap().to_string();
+    std::fs::write(dir.join("eval.jsonl"), format!("{{\"id\": \"{first_id}\"}}\n")).unwrap();
+    let data = fixture("data");
+    let yaml = |held_out: &str| {
+        format!(
+            "seed: 7\nsources:\n  - path: {d}/superni_task.json\n    exclude: [eval.jsonl]\n    held_out_tasks: [{held_out}]\n  - path: {d}/alpaca.json\n    max: 2\n",
+            d = data.display()
+        )
+    };
+    std::fs::write(dir.join("m.yaml"), yaml("none")).unwrap();
+    let m = Mixture::from_file(&dir.join("m.yaml")).unwrap();
+    let a = mix(&m, &dir).unwrap();
+    let b = mix(&m, &dir).unwrap();
+    let ex = |x: &instill::data::mix::Mixed| x.records.iter().map(|(_, r)| r.example.clone()).collect::<Vec<_>>();
+    assert_eq!(ex(&a), ex(&b), "same seed, same mixture");
+    assert_eq!(a.records.len(), 2 + 2, "3 task instances minus the held-out one, plus 2 of alpaca");
+    let inputs: Vec<String> = a.records.iter().filter_map(|(_, r)| match &r.example {
+        Example::Sft(c) => Some(c.messages[0].content.clone()),
+        _ => None,
+    }).collect();
+    let held = task["Instances"][0]["input"].as_str().unwrap();
+    assert!(inputs.iter().all(|i| !i.ends_with(&format!("Input: {held}.\nOutput: ")) && !i.contains(&format!("Input: {held}\nOutput"))), "held-out instance leaked");
+    std::fs::write(dir.join("m.yaml"), yaml("superni_task")).unwrap();
+    let c = mix(&Mixture::from_file(&dir.join("m.yaml")).unwrap(), &dir).unwrap();
+    assert_eq!(c.records.len(), 2, "a held-out task contributes nothing");
+    std::fs::write(dir.join("bad.yaml"), "seed: 1\nsauces: []\n").unwrap();
+    let err = Mixture::from_file(&dir.join("bad.yaml")).err().unwrap().to_string();
+    assert!(err.contains("sauces"), "unknown keys are errors: {err}");
+}

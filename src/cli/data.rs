@@ -15,6 +15,17 @@ pub enum DataCmd {
     Render(RenderArgs),
     /// Rewrite a file in another layout (messages, sharegpt, alpaca) as JSONL.
     Convert(ConvertArgs),
+    /// Draw a weighted / temperature-sampled mixture of datasets and SuperNI tasks (YAML).
+    Mix(MixArgs),
+}
+
+#[derive(Args)]
+pub struct MixArgs {
+    /// Mixture YAML (paths in it are relative to its directory).
+    mixture: PathBuf,
+    /// Output JSONL (messages layout, with a "source" field).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -95,6 +106,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         DataCmd::Check(a) => check(a),
         DataCmd::Render(a) => render_cmd(a),
         DataCmd::Convert(a) => convert(a),
+        DataCmd::Mix(a) => mix_cmd(a),
     }
 }
 
@@ -198,5 +210,22 @@ fn convert(a: ConvertArgs) -> Result<()> {
     let l = load_clean(&a.file, &a.read)?;
     let n = instill::data::write::write_jsonl(&a.out, &l.records, a.to)?;
     println!("{}: {n} records as {:?}", a.out.display(), a.to);
+    Ok(())
+}
+
+fn mix_cmd(a: MixArgs) -> Result<()> {
+    use instill::data::mix::{mix, Mixture};
+    let m = Mixture::from_file(&a.mixture)?;
+    let base = a.mixture.parent().unwrap_or(std::path::Path::new("."));
+    let out = mix(&m, base)?;
+    if let Some(p) = out.problems.first() {
+        bail!("{p} (and {} more problems; run `instill data check`)", out.problems.len() - 1);
+    }
+    let rows = out.records.iter().map(|(src, r)| (r, Some(("source", serde_json::Value::String(src.clone())))));
+    let n = instill::data::write::write_with(&a.out, rows, instill::data::write::Layout::Messages)?;
+    for (src, avail, drawn) in &out.counts {
+        println!("{drawn:>7} of {avail:>7}  {src}");
+    }
+    println!("{}: {n} examples", a.out.display());
     Ok(())
 }

@@ -88,21 +88,30 @@ pub fn to_json(e: &Example, layout: Layout) -> Option<Value> {
 }
 
 /// Write every record as JSONL in `layout` (temp file + rename); errors on the first
-/// record the layout cannot hold, naming it.
+/// record the layout cannot hold, naming it. `extra` adds fields per record (e.g. source).
 pub fn write_jsonl(path: &Path, records: &[Record], layout: Layout) -> Result<usize> {
+    write_with(path, records.iter().map(|r| (r, None)), layout)
+}
+
+pub fn write_with<'a>(path: &Path, records: impl Iterator<Item = (&'a Record, Option<(&'a str, Value)>)>, layout: Layout) -> Result<usize> {
     let tmp = path.with_extension("jsonl.partial");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    for r in records {
-        let Some(v) = to_json(&r.example, layout) else {
+    let mut n = 0;
+    for (r, extra) in records {
+        let Some(mut v) = to_json(&r.example, layout) else {
             drop(f);
             let _ = std::fs::remove_file(&tmp);
             return Err(crate::Error::Input(format!("{}: this record cannot be written as {layout:?} (e.g. tool calls or multi-turn preference in alpaca)", r.origin)));
         };
+        if let Some((k, x)) = extra {
+            v[k] = x;
+        }
         serde_json::to_writer(&mut f, &v).map_err(|e| crate::Error::Input(e.to_string()))?;
         f.write_all(b"\n")?;
+        n += 1;
     }
     f.flush()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
-    Ok(records.len())
+    Ok(n)
 }

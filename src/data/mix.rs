@@ -1,0 +1,220 @@
+//! Mixtures (FLAN / OPT-IML style): several datasets and SuperNI tasks, with weights or
+//! temperature sampling, per-source caps, a fraction of instances per task ("Quick
+//! Learners" 6% / 25% / 100%), held-out tasks and instances excluded, all seeded.
+use super::read::{load, ReadOptions};
+use super::{Problem, Record};
+use crate::{Error, Result};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mixture {
+    #[serde(default)]
+    pub seed: u64,
+    /// Examples to draw in all; default: everything every source offers.
+    pub total: Option<usize>,
+    /// Without weights, sources are sampled in proportion to size^(1/temperature):
+    /// 1 = proportional to size, larger values flatten towards uniform.
+    #[serde(default = "one")]
+    pub temperature: f64,
+    pub sources: Vec<Source>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// A file, or a pattern with `*` in the file name (each match is its own source).
+    pub path: String,
+    pub weight: Option<f64>,
+    /// At most this many examples from each matching file.
+    pub max: Option<usize>,
+    /// Keep this fraction of each file's examples (before `max`).
+    pub fraction: Option<f64>,
+    pub format: Option<String>,
+    /// SuperNI: positive examples per prompt.
+    pub k_shot: Option<usize>,
+    /// Files whose records' `id`s are left out (e.g. an evaluation set).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// File stems (task names) left out entirely.
+    #[serde(default)]
+    pub held_out_tasks: Vec<String>,
+}
+
+/// A mixture's result: records with the source each came from, and what was drawn.
+pub struct Mixed {
+    pub records: Vec<(String, Record)>,
+    /// (source, available, drawn).
+    pub counts: Vec<(String, usize, usize)>,
+    pub problems: Vec<Problem>,
+}
+
+impl Mixture {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
+        let m: Mixture = serde_yaml::from_str(&text).map_err(|e| Error::file(path, e.to_string()))?;
+        if m.sources.is_empty() {
+            return Err(Error::file(path, "sources: the mixture lists no sources"));
+        }
+        if m.temperature <= 0.0 {
+            return Err(Error::file(path, "temperature: must be positive"));
+        }
+        Ok(m)
+    }
+}
+
+/// Files a source names, relative to `base` (the mixture file's directory).
+fn expand(pattern: &str, base: &Path) -> Result<Vec<PathBuf>> {
+    let p = base.join(pattern);
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    if !name.contains('*') {
+        return Ok(vec![p]);
+    }
+    let dir = p.parent().unwrap_or(Path::new("."));
+    let (pre, post) = name.split_once('*').expect("has *");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::file(dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(pre) && n.ends_with(post) && n.len() >= pre.len() + post.len()))
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        return Err(Error::Input(format!("source {pattern:?} matches no files")));
+    }
+    Ok(out)
+}
+
+fn excluded_ids(files: &[String], base: &Path) -> Result<HashSet<String>> {
+    let mut ids = HashSet::new();
+    for f in files {
+        for (_, v) in super::read::values(&base.join(f))? {
+            if let Some(id) = v.ok().and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string)) {
+                ids.insert(id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Draw the mixture. `base` resolves relative paths (the mixture file's directory).
+pub fn mix(m: &Mixture, base: &Path) -> Result<Mixed> {
+    let mut rng = StdRng::seed_from_u64(m.seed);
+    // Every matching file becomes one pool.
+    // (name, records, source index)
+    let mut pools: Vec<(String, Vec<Record>, usize)> = vec![];
+    let mut problems = vec![];
+    for (si, s) in m.sources.iter().enumerate() {
+        let mut opts = ReadOptions { format: s.format.clone(), ..Default::default() };
+        opts.superni.exclude_ids = excluded_ids(&s.exclude, base)?;
+        if let Some(k) = s.k_shot {
+            opts.superni.k_positive = k;
+        }
+        for file in expand(&s.path, base)? {
+            let stem = file.file_stem().and_then(|x| x.to_str()).unwrap_or("").to_string();
+            if s.held_out_tasks.contains(&stem) {
+                continue;
+            }
+            let l = load(&file, &opts)?;
+            problems.extend(l.problems);
+            let mut recs = l.records;
+            recs.shuffle(&mut rng);
+            if let Some(f) = s.fraction {
+                recs.truncate(((recs.len() as f64) * f).ceil() as usize);
+            }
+            if let Some(cap) = s.max {
+                recs.truncate(cap);
+            }
+            pools.push((file.display().to_string(), recs, si));
+        }
+    }
+    let sizes: Vec<usize> = pools.iter().map(|p| p.1.len()).collect();
+    let available: usize = sizes.iter().sum();
+    let total = m.total.unwrap_or(available).min(available);
+    let shares = shares(m, &pools.iter().map(|p| p.2).collect::<Vec<_>>(), &sizes);
+    let draws = allocate(&shares, &sizes, total);
+    let mut out = Mixed { records: vec![], counts: vec![], problems };
+    for ((name, recs, _), n) in pools.into_iter().zip(draws) {
+        out.counts.push((name.clone(), recs.len(), n));
+        out.records.extend(recs.into_iter().take(n).map(|r| (name.clone(), r)));
+    }
+    out.records.shuffle(&mut rng);
+    Ok(out)
+}
+
+/// Each pool's share: size^(1/T); a source with a weight gets that weight in all, split
+/// over its files in proportion to their size^(1/T).
+fn shares(m: &Mixture, source_of: &[usize], sizes: &[usize]) -> Vec<f64> {
+    let tempered: Vec<f64> = sizes.iter().map(|&n| (n as f64).powf(1.0 / m.temperature)).collect();
+    let group_total = |s: usize| -> f64 { source_of.iter().zip(&tempered).filter(|(&g, _)| g == s).map(|(_, t)| t).sum() };
+    // Weighted sources are scaled against the unweighted mass so both kinds can mix.
+    let all: f64 = tempered.iter().sum();
+    source_of
+        .iter()
+        .zip(&tempered)
+        .map(|(&s, &t)| match m.sources[s].weight {
+            Some(w) if t > 0.0 => w * all * t / group_total(s),
+            Some(_) => 0.0,
+            None => t,
+        })
+        .collect()
+}
+
+/// How many to draw from each pool given its share, capped by pool size, with what a
+/// capped pool cannot give passed on to the others.
+pub fn allocate(share: &[f64], sizes: &[usize], total: usize) -> Vec<usize> {
+    let mut got = vec![0usize; sizes.len()];
+    let mut left = total;
+    let mut open: Vec<usize> = (0..sizes.len()).filter(|&i| sizes[i] > 0 && share[i] > 0.0).collect();
+    while left > 0 && !open.is_empty() {
+        let sum: f64 = open.iter().map(|&i| share[i]).sum();
+        let mut given = 0;
+        for &i in &open {
+            let want = ((left as f64) * share[i] / sum).floor() as usize;
+            let n = want.min(sizes[i] - got[i]);
+            got[i] += n;
+            given += n;
+        }
+        if given == 0 {
+            // Rounding left a few: hand them out one each, largest share first.
+            let mut by_share = open.clone();
+            by_share.sort_by(|&a, &b| share[b].total_cmp(&share[a]));
+            for i in by_share.into_iter().take(left) {
+                got[i] += 1;
+                given += 1;
+            }
+        }
+        left -= given;
+        open.retain(|&i| got[i] < sizes[i]);
+    }
+    got
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_follows_weights_caps_and_temperature() {
+        assert_eq!(allocate(&[1.0, 3.0], &[1000, 1000], 400), vec![100, 300]);
+        // A capped pool's remainder goes to the others.
+        assert_eq!(allocate(&[1.0, 1.0], &[50, 1000], 400), vec![50, 350]);
+        assert_eq!(allocate(&[1.0, 1.0], &[3, 4], 100), vec![3, 4]);
+        // Shares: proportional to size at T=1, flatter at high T; a weighted source's
+        // weight is split over its files.
+        let src = |weight: Option<f64>| Source { path: String::new(), weight, max: None, fraction: None, format: None, k_shot: None, exclude: vec![], held_out_tasks: vec![] };
+        let m = |t: f64, sources: Vec<Source>| Mixture { seed: 0, total: None, temperature: t, sources };
+        assert_eq!(allocate(&shares(&m(1.0, vec![src(None), src(None)]), &[0, 1], &[100, 900]), &[100, 900], 100), vec![10, 90]);
+        let flat = allocate(&shares(&m(1000.0, vec![src(None), src(None)]), &[0, 1], &[100, 900]), &[100, 900], 100);
+        assert!(flat[0] >= 49 && flat[0] <= 51, "{flat:?}");
+        // Source 0 (weight 1, two files) vs source 1 (weight 1, one file): half each.
+        let s = shares(&m(1.0, vec![src(Some(1.0)), src(Some(1.0))]), &[0, 0, 1], &[100, 300, 1000]);
+        assert_eq!(allocate(&s, &[100, 300, 1000], 800), vec![100, 300, 400]);
+    }
+}
