@@ -17,6 +17,40 @@ pub enum DataCmd {
     Convert(ConvertArgs),
     /// Draw a weighted / temperature-sampled mixture of datasets and SuperNI tasks (YAML).
     Mix(MixArgs),
+    /// Remove exact and (with --near) MinHash near-duplicates; the first occurrence is kept.
+    Dedup(DedupArgs),
+    /// Report training records that share word n-grams with an evaluation set.
+    Contamination(ContaminationArgs),
+}
+
+#[derive(Args)]
+pub struct DedupArgs {
+    file: PathBuf,
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Jaccard similarity (0-1] from which two records count as near-duplicates.
+    #[arg(long)]
+    near: Option<f64>,
+    /// Output JSONL (messages layout).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ContaminationArgs {
+    /// Training data.
+    file: PathBuf,
+    /// Evaluation data to check against.
+    #[arg(long)]
+    eval: PathBuf,
+    /// n-gram length in words.
+    #[arg(long, default_value_t = 13)]
+    n: usize,
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Write the full report as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -107,6 +141,8 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         DataCmd::Render(a) => render_cmd(a),
         DataCmd::Convert(a) => convert(a),
         DataCmd::Mix(a) => mix_cmd(a),
+        DataCmd::Dedup(a) => dedup_cmd(a),
+        DataCmd::Contamination(a) => contamination_cmd(a),
     }
 }
 
@@ -227,5 +263,46 @@ fn mix_cmd(a: MixArgs) -> Result<()> {
         println!("{drawn:>7} of {avail:>7}  {src}");
     }
     println!("{}: {n} examples", a.out.display());
+    Ok(())
+}
+
+fn dedup_cmd(a: DedupArgs) -> Result<()> {
+    if let Some(t) = a.near {
+        if !(t > 0.0 && t <= 1.0) {
+            bail!("--near {t}: expected a similarity in (0, 1]");
+        }
+    }
+    let l = load_clean(&a.file, &a.read)?;
+    let (keep, rep) = instill::data::dedup::dedup(&l.records, a.near);
+    let kept: Vec<_> = keep.iter().map(|&i| l.records[i].clone()).collect();
+    instill::data::write::write_jsonl(&a.out, &kept, instill::data::write::Layout::Messages)?;
+    println!("{}: kept {} of {}; removed {} exact and {} near duplicates", a.out.display(), kept.len(), l.records.len(), rep.exact, rep.near);
+    for (i, j) in rep.removed.iter().take(10) {
+        println!("  {} duplicates {}", l.records[*i].origin, l.records[*j].origin);
+    }
+    Ok(())
+}
+
+fn contamination_cmd(a: ContaminationArgs) -> Result<()> {
+    let train = load_clean(&a.file, &a.read)?;
+    let eval = load(&a.eval, &ReadOptions::default())?;
+    let c = instill::data::dedup::contamination(&train.records, &eval.records, a.n);
+    println!(
+        "{} of {} training records share {}-grams with {}; {} of {} evaluation records are touched",
+        c.contaminated.len(),
+        c.train_records,
+        c.n,
+        a.eval.display(),
+        c.eval_touched,
+        c.eval_records
+    );
+    let mut worst = c.contaminated.clone();
+    worst.sort_by(|x, y| y.2.total_cmp(&x.2));
+    for (origin, shared, frac) in worst.iter().take(10) {
+        println!("  {origin}: {shared} shared n-grams ({:.1}% of its n-grams)", frac * 100.0);
+    }
+    if let Some(out) = &a.out {
+        std::fs::write(out, serde_json::to_vec_pretty(&c)?)?;
+    }
     Ok(())
 }
