@@ -235,3 +235,18 @@ fn mixtures_are_seeded_and_exclude_held_out_data() {
     let err = Mixture::from_file(&dir.join("bad.yaml")).err().unwrap().to_string();
     assert!(err.contains("sauces"), "unknown keys are errors: {err}");
 }
+
+#[test]
+fn perplexity_prefers_natural_responses() {
+    use instill::data::select::response_losses;
+    let (m, tok) = load("smollm2-135m-instruct", false);
+    let tmpl = tok.template(None).unwrap();
+    let q = "What is the capital of France?";
+    let good = render(&tok, &tmpl, &conv(&[("user", q), ("assistant", "The capital of France is Paris.")]), LossOn::Assistant).unwrap();
+    let bad = render(&tok, &tmpl, &conv(&[("user", q), ("assistant", "zxq vlorp blarg qqq mmm fnord.")]), LossOn::Assistant).unwrap();
+    let losses = response_losses(&m, &[good.clone(), bad.clone()], tok.eos_id.unwrap(), 2).unwrap();
+    assert!(losses[0] + 2.0 < losses[1], "{losses:?}");
+    // Batching does not change an example's loss.
+    let alone = response_losses(&m, &[good], tok.eos_id.unwrap(), 1).unwrap();
+    assert!((alone[0] - losses[0]).abs() < 1e-3, "{} vs {}", alone[0], losses[0]);
+}

@@ -21,6 +21,38 @@ pub enum DataCmd {
     Dedup(DedupArgs),
     /// Report training records that share word n-grams with an evaluation set.
     Contamination(ContaminationArgs),
+    /// Score examples by quality indicators (length, MTLD, loss/perplexity under a model)
+    /// and keep the best fraction.
+    Select(SelectArgs),
+}
+
+#[derive(Args)]
+pub struct SelectArgs {
+    file: PathBuf,
+    #[command(flatten)]
+    model: super::ModelArgs,
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Keep by one indicator: perplexity and loss keep the lowest, the others the highest.
+    #[arg(long, conflicts_with = "rule")]
+    by: Option<String>,
+    /// Keep the highest scores of a linear rule, e.g. "0.5*mtld - 1*loss".
+    #[arg(long)]
+    rule: Option<String>,
+    /// Fraction to keep.
+    #[arg(long, default_value_t = 0.5)]
+    keep: f64,
+    /// Output JSONL of the kept examples (messages layout).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write every example's indicators here (JSONL).
+    #[arg(long)]
+    indicators: Option<PathBuf>,
+    /// Examples per forward pass when computing loss.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long)]
+    template: Option<String>,
 }
 
 #[derive(Args)]
@@ -143,6 +175,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         DataCmd::Mix(a) => mix_cmd(a),
         DataCmd::Dedup(a) => dedup_cmd(a),
         DataCmd::Contamination(a) => contamination_cmd(a),
+        DataCmd::Select(a) => select_cmd(a),
     }
 }
 
@@ -304,5 +337,67 @@ fn contamination_cmd(a: ContaminationArgs) -> Result<()> {
     if let Some(out) = &a.out {
         std::fs::write(out, serde_json::to_vec_pretty(&c)?)?;
     }
+    Ok(())
+}
+
+fn select_cmd(a: SelectArgs) -> Result<()> {
+    use instill::data::select::{response_losses, text_indicators, top_fraction, Rule, NAMES};
+    if !(a.keep > 0.0 && a.keep <= 1.0) {
+        bail!("--keep {}: expected a fraction in (0, 1]", a.keep);
+    }
+    let rule = match (&a.by, &a.rule) {
+        (Some(name), None) => {
+            if !NAMES.contains(&name.as_str()) {
+                bail!("--by {name:?}: one of {}", NAMES.join(", "));
+            }
+            let sign = if name == "perplexity" || name == "loss" { -1.0 } else { 1.0 };
+            Rule(vec![(sign, name.clone())])
+        }
+        (None, Some(r)) => Rule::parse(r)?,
+        _ => bail!("give --by INDICATOR or --rule EXPRESSION"),
+    };
+    let needs_model = rule.0.iter().any(|(_, n)| n == "loss" || n == "perplexity");
+    let l = load_clean(&a.file, &a.read)?;
+    let (model, tok) = if needs_model { let (m, t) = a.model.load()?; (Some(m), t) } else { (None, a.model.load_tokenizer()?.1) };
+    let tmpl = tok.template(a.template.as_deref())?;
+    let mut rendered = vec![];
+    let mut inds = vec![];
+    for r in &l.records {
+        let Example::Sft(c) = &r.example else { bail!("{}: select scores SFT conversations", r.origin) };
+        let rd = render(&tok, &tmpl, c, LossOn::Assistant)?;
+        let response: String = c.messages.iter().filter(|m| m.role == "assistant").map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+        inds.push(text_indicators(&response, &rd));
+        rendered.push(rd);
+    }
+    if let Some(m) = &model {
+        let bar = indicatif::ProgressBar::new(rendered.len() as u64);
+        let pad = tok.eos_id.unwrap_or(0);
+        let mut losses = vec![];
+        for chunk in rendered.chunks(a.batch_size.max(1) * 4) {
+            losses.extend(response_losses(m, chunk, pad, a.batch_size)?);
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        for (ind, loss) in inds.iter_mut().zip(losses) {
+            ind.loss = Some(loss);
+            ind.perplexity = Some(loss.exp());
+        }
+    }
+    let scores: Vec<Option<f64>> = inds.iter().map(|i| rule.score(i)).collect();
+    if let Some(p) = &a.indicators {
+        let mut text = String::new();
+        for ((r, ind), s) in l.records.iter().zip(&inds).zip(&scores) {
+            let mut v = serde_json::to_value(ind)?;
+            v["origin"] = r.origin.to_string().into();
+            v["score"] = serde_json::json!(s);
+            text.push_str(&v.to_string());
+            text.push('\n');
+        }
+        std::fs::write(p, text)?;
+    }
+    let keep = top_fraction(&scores, a.keep);
+    let kept: Vec<_> = keep.iter().map(|&i| l.records[i].clone()).collect();
+    instill::data::write::write_jsonl(&a.out, &kept, instill::data::write::Layout::Messages)?;
+    println!("{}: kept {} of {} by {:?}", a.out.display(), kept.len(), l.records.len(), rule.0);
     Ok(())
 }

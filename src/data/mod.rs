@@ -8,6 +8,7 @@ pub mod mix;
 pub mod pack;
 pub mod read;
 pub mod render;
+pub mod select;
 pub mod write;
 
 use serde::{Deserialize, Serialize};
