@@ -8,6 +8,7 @@ pub mod decode;
 pub mod error;
 pub mod hub;
 pub mod model;
+pub mod plot;
 pub mod tokenizer;
 pub use tokenizer::Tokenizer;
 

@@ -21,9 +21,28 @@ pub enum DataCmd {
     Dedup(DedupArgs),
     /// Report training records that share word n-grams with an evaluation set.
     Contamination(ContaminationArgs),
+    /// Token-length statistics and histograms (PNG) under a model's tokenizer and template.
+    Stats(StatsArgs),
     /// Score examples by quality indicators (length, MTLD, loss/perplexity under a model)
     /// and keep the best fraction.
     Select(SelectArgs),
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    model: super::ModelArgs,
+    #[command(flatten)]
+    read: ReadArgs,
+    /// Directory for <file>_tokens.png and stats.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Context length for the truncation rate.
+    #[arg(long, default_value_t = 2048)]
+    max_len: usize,
+    #[arg(long)]
+    template: Option<String>,
 }
 
 #[derive(Args)]
@@ -176,6 +195,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         DataCmd::Dedup(a) => dedup_cmd(a),
         DataCmd::Contamination(a) => contamination_cmd(a),
         DataCmd::Select(a) => select_cmd(a),
+        DataCmd::Stats(a) => stats_cmd(a),
     }
 }
 
@@ -399,5 +419,29 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
     let kept: Vec<_> = keep.iter().map(|&i| l.records[i].clone()).collect();
     instill::data::write::write_jsonl(&a.out, &kept, instill::data::write::Layout::Messages)?;
     println!("{}: kept {} of {} by {:?}", a.out.display(), kept.len(), l.records.len(), rule.0);
+    Ok(())
+}
+
+fn stats_cmd(a: StatsArgs) -> Result<()> {
+    use instill::data::stats::{length_stats, render_all};
+    let (_, tok) = a.model.load_tokenizer()?;
+    let tmpl = tok.template(a.template.as_deref())?;
+    std::fs::create_dir_all(&a.out)?;
+    let mut all = serde_json::Map::new();
+    for f in &a.files {
+        let l = load_clean(f, &a.read)?;
+        let rendered = render_all(&tok, &tmpl, &l.records, LossOn::Assistant)?;
+        let s = length_stats(&rendered, a.max_len);
+        let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or("data").trim_end_matches(".jsonl").to_string();
+        let png = a.out.join(format!("{stem}_tokens.png"));
+        let lens: Vec<f64> = rendered.iter().map(|r| r.ids.len() as f64).collect();
+        instill::plot::histogram(&png, &format!("{stem}: tokens per example ({} examples)", s.examples), "tokens (template included)", &lens, 40)?;
+        println!(
+            "{}: {} examples, {} tokens ({} trained), mean {:.0}, p50 {} p90 {} p99 {} max {}; {:.1}% longer than {} -> {}",
+            f.display(), s.examples, s.tokens, s.trained_tokens, s.mean, s.p50, s.p90, s.p99, s.max, s.truncated * 100.0, s.max_len, png.display()
+        );
+        all.insert(f.display().to_string(), serde_json::to_value(&s)?);
+    }
+    std::fs::write(a.out.join("stats.json"), serde_json::to_vec_pretty(&all)?)?;
     Ok(())
 }

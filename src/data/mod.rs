@@ -9,6 +9,7 @@ pub mod pack;
 pub mod read;
 pub mod render;
 pub mod select;
+pub mod stats;
 pub mod write;
 
 use serde::{Deserialize, Serialize};
