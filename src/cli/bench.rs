@@ -10,6 +10,8 @@ use std::process::{Command, Stdio};
 pub enum BenchCmd {
     /// Prompt-processing and decode tokens/s against llama.cpp on the same GGUF and token ids.
     Generate(GenBench),
+    /// Read + render + tokenize examples/s against Hugging Face datasets.map.
+    Data(super::bench_data::DataBench),
 }
 
 #[derive(Args)]
@@ -31,7 +33,10 @@ const SYSTEM: &str = "You are a helpful assistant. Answer clearly and in plain l
 const USER: &str = "I am planning a small vegetable garden on a sunny balcony of about four square meters. I have never grown anything before. Which vegetables are easiest for a beginner, how often should I water them, what kind of containers and soil do I need, and what are the most common mistakes people make in their first season? Please give practical, step-by-step advice.";
 
 pub fn run(b: BenchCmd) -> Result<()> {
-    let BenchCmd::Generate(a) = b;
+    let a = match b {
+        BenchCmd::Generate(a) => a,
+        BenchCmd::Data(d) => return super::bench_data::run(d),
+    };
     let threads = rayon::current_num_threads();
     let bw = memory_read_bandwidth(threads);
     println!("threads {threads}; measured memory read bandwidth {bw:.1} GB/s");

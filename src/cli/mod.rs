@@ -1,5 +1,6 @@
 //! The command line: argument parsing, progress and printing only; the work is in the library.
 mod bench;
+mod bench_data;
 mod chat;
 mod data;
 mod export;
