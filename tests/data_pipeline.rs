@@ -177,7 +177,7 @@ fn packing_changes_no_example_loss() {
     let _ = Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu);
 }
 
-/// Converting to each layout and reading back gives the same conversations.
+/// Converting to each layout (messages through Parquet) and reading back gives the same conversations.
 #[test]
 fn convert_roundtrips() {
     use instill::data::write::{write_jsonl, Layout};
@@ -190,7 +190,8 @@ fn convert_roundtrips() {
     ] {
         let orig = load_fixture(file);
         for layout in layouts {
-            let out = dir.join(format!("{file}-{layout:?}.jsonl"));
+            let ext = if layout == Layout::Messages { "parquet" } else { "jsonl" };
+            let out = dir.join(format!("{file}-{layout:?}.{ext}"));
             write_jsonl(&out, &orig.records, layout).unwrap();
             let back = read(&out, &ReadOptions::default()).unwrap();
             assert!(back.problems.is_empty(), "{file} as {layout:?}: {}", back.problems[0]);

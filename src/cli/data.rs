@@ -13,7 +13,7 @@ pub enum DataCmd {
     Check(CheckArgs),
     /// Show the exact text a model trains on and which tokens carry loss.
     Render(RenderArgs),
-    /// Rewrite a file in another layout (messages, sharegpt, alpaca) as JSONL.
+    /// Rewrite a file in another layout (messages, sharegpt, alpaca) as JSONL or Parquet.
     Convert(ConvertArgs),
     /// Draw a weighted / temperature-sampled mixture of datasets and SuperNI tasks (YAML).
     Mix(MixArgs),
@@ -144,7 +144,7 @@ pub struct ConvertArgs {
     /// Target layout.
     #[arg(long, value_enum)]
     to: instill::data::write::Layout,
-    /// Output JSONL file (written atomically).
+    /// Output file, JSONL or .parquet (written atomically).
     #[arg(long)]
     out: PathBuf,
 }

@@ -6,6 +6,7 @@ pub mod dedup;
 pub mod formats;
 pub mod mix;
 pub mod pack;
+pub mod parquet_io;
 pub mod read;
 pub mod render;
 pub mod select;

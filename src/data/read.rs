@@ -1,4 +1,4 @@
-//! Records from JSON, JSONL (optionally gzipped) files, with their origins.
+//! Records from JSON, JSONL (optionally gzipped) and Parquet files, with their origins.
 //! Every unreadable record becomes a [`Problem`]; reading goes on past it.
 use super::{formats, Origin, Problem, Record};
 use crate::{Error, Result};
@@ -36,6 +36,10 @@ pub fn values(path: &Path) -> Result<Vec<(Origin, std::result::Result<Value, Pro
         }
         None => name,
     };
+    if name.ends_with(".parquet") {
+        let rows = super::parquet_io::read_rows(path)?;
+        return Ok(rows.into_iter().enumerate().map(|(i, v)| (Origin { file: path.to_path_buf(), index: i + 1, is_line: false }, Ok(v))).collect());
+    }
     if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
         return Ok(jsonl(path, reader));
     }

@@ -1,4 +1,4 @@
-//! Writing records back out in a chosen layout (JSONL), atomically.
+//! Writing records back out in a chosen layout (JSONL or Parquet), atomically.
 use super::{Conversation, Example, Message, Record};
 use crate::Result;
 use serde_json::{json, Value};
@@ -93,25 +93,30 @@ pub fn write_jsonl(path: &Path, records: &[Record], layout: Layout) -> Result<us
     write_with(path, records.iter().map(|r| (r, None)), layout)
 }
 
+/// Write records (JSONL, or Parquet when `path` ends in `.parquet`) atomically.
 pub fn write_with<'a>(path: &Path, records: impl Iterator<Item = (&'a Record, Option<(&'a str, Value)>)>, layout: Layout) -> Result<usize> {
-    let tmp = path.with_extension("jsonl.partial");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    let mut n = 0;
+    let mut rows = vec![];
     for (r, extra) in records {
         let Some(mut v) = to_json(&r.example, layout) else {
-            drop(f);
-            let _ = std::fs::remove_file(&tmp);
             return Err(crate::Error::Input(format!("{}: this record cannot be written as {layout:?} (e.g. tool calls or multi-turn preference in alpaca)", r.origin)));
         };
         if let Some((k, x)) = extra {
             v[k] = x;
         }
-        serde_json::to_writer(&mut f, &v).map_err(|e| crate::Error::Input(e.to_string()))?;
+        rows.push(v);
+    }
+    if path.extension().is_some_and(|e| e == "parquet") {
+        super::parquet_io::write_rows(path, &rows)?;
+        return Ok(rows.len());
+    }
+    let tmp = path.with_extension("jsonl.partial");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    for v in &rows {
+        serde_json::to_writer(&mut f, v).map_err(|e| crate::Error::Input(e.to_string()))?;
         f.write_all(b"\n")?;
-        n += 1;
     }
     f.flush()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
-    Ok(n)
+    Ok(rows.len())
 }
