@@ -29,8 +29,29 @@ pub fn read_rows(path: &Path) -> Result<Vec<Value>> {
     Ok(rows)
 }
 
+/// Free-form JSON (tool schemas, call arguments) has no fixed Arrow type: store it as
+/// JSON text, as Hugging Face datasets do; the readers parse it back.
+const FREE_FORM: &[&str] = &["tool_calls", "tools"];
+
+fn stringify_free_form(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| {
+                    let x = if FREE_FORM.contains(&k.as_str()) && !x.is_string() && !x.is_null() { Value::String(x.to_string()) } else { stringify_free_form(x) };
+                    (k.clone(), x)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(stringify_free_form).collect()),
+        other => other.clone(),
+    }
+}
+
 /// Write JSON objects as a Parquet file (schema inferred from the values), atomically.
 pub fn write_rows(path: &Path, rows: &[Value]) -> Result<()> {
+    let rows: Vec<Value> = rows.iter().map(stringify_free_form).collect();
+    let rows = rows.as_slice();
     let bad = |e: &dyn std::fmt::Display| Error::file(path, format!("writing Parquet: {e}"));
     let schema = infer_json_schema_from_iterator(rows.iter().map(|r| Ok(r.clone()))).map_err(|e| bad(&e))?;
     let schema = Arc::new(schema);

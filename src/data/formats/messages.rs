@@ -17,7 +17,7 @@ impl Format for Messages {
     fn parse(&self, v: &Value, _: &ReadOptions) -> Result<Vec<Example>, Errors> {
         let mut errs = vec![];
         let messages = message_list(v, "messages", &mut errs);
-        let c = Conversation { messages, tools: v.get("tools").filter(|t| !t.is_null()).cloned() };
+        let c = Conversation { messages, tools: super::json_field(v.get("tools")) };
         if errs.is_empty() {
             validate(&c, "messages", true, &mut errs);
         }

@@ -159,5 +159,16 @@ pub(crate) fn message(m: &Value, f: &str, errs: &mut Errors) -> Message {
         }
     };
     let train = m.get("loss_weight").and_then(Value::as_f64).map(|w| w > 0.0);
-    Message { role, content, tool_calls: m.get("tool_calls").filter(|t| !t.is_null()).cloned(), train }
+    Message { role, content, tool_calls: json_field(m.get("tool_calls")), train }
+}
+
+/// A free-form JSON field (tool calls, tool schemas): the value, or JSON text parsed back
+/// (Parquet files store these as strings).
+pub(crate) fn json_field(v: Option<&Value>) -> Option<Value> {
+    match v? {
+        Value::Null => None,
+        Value::String(s) if s.trim().is_empty() => None,
+        Value::String(s) => Some(serde_json::from_str(s).unwrap_or(Value::String(s.clone()))),
+        other => Some(other.clone()),
+    }
 }

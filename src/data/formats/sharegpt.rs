@@ -49,12 +49,7 @@ pub(crate) fn turns(list: &Value, field: &str, errs: &mut Errors) -> Vec<Message
 
 /// `tools` may be a JSON string (LLaMA-Factory) or a list.
 pub(crate) fn tools(v: &Value) -> Option<Value> {
-    match v.get("tools")? {
-        Value::String(s) if s.trim().is_empty() => None,
-        Value::String(s) => Some(serde_json::from_str(s).unwrap_or(Value::String(s.clone()))),
-        Value::Null => None,
-        other => Some(other.clone()),
-    }
+    super::json_field(v.get("tools"))
 }
 
 impl Format for ShareGpt {
