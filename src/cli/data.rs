@@ -161,6 +161,9 @@ pub struct ReadArgs {
     /// SuperNI: positive examples in each prompt.
     #[arg(long, default_value_t = 2)]
     pub k_shot: usize,
+    /// Go on without records that have problems (how many were skipped is reported).
+    #[arg(long)]
+    pub skip_invalid: bool,
 }
 
 impl ReadArgs {
@@ -236,11 +239,15 @@ fn check(a: CheckArgs) -> Result<()> {
     Ok(())
 }
 
-/// Load a file; refuse it if it has problems (the caller reports them all).
+/// Load a file; refuse it if it has problems unless --skip-invalid.
 fn load_clean(file: &std::path::Path, read: &ReadArgs) -> Result<instill::data::read::Loaded> {
     let l = load(file, &read.options()?)?;
     if let Some(p) = l.problems.first() {
-        bail!("{p} (and {} more problems; run `instill data check` to see them all)", l.problems.len() - 1);
+        if !read.skip_invalid {
+            bail!("{p} (and {} more problems; run `instill data check` to see them all, or pass --skip-invalid)", l.problems.len() - 1);
+        }
+        let records: std::collections::HashSet<String> = l.problems.iter().map(|p| p.origin.to_string()).collect();
+        eprintln!("{}: skipped {} invalid records (first problem: {p})", file.display(), records.len());
     }
     Ok(l)
 }
