@@ -251,3 +251,27 @@ fn perplexity_prefers_natural_responses() {
     let alone = response_losses(&m, &[good], tok.eos_id.unwrap(), 1).unwrap();
     assert!((alone[0] - losses[0]).abs() < 1e-3, "{} vs {}", alone[0], losses[0]);
 }
+
+#[test]
+fn tokenized_cache_is_reused_and_keyed_by_options() {
+    use instill::data::cache::tokenized;
+    let dir = common::tmpdir("tokcache");
+    let tok = instill::Tokenizer::load(&common::source("smollm2-135m-instruct")).unwrap();
+    let tmpl = tok.template(None).unwrap();
+    let file = fixture("data/alpaca.json");
+    let opts = ReadOptions::default();
+    let (a, hit_a) = tokenized(&file, &tok, &tmpl, LossOn::Assistant, &opts, &dir).unwrap();
+    let (b, hit_b) = tokenized(&file, &tok, &tmpl, LossOn::Assistant, &opts, &dir).unwrap();
+    assert!(!hit_a && hit_b, "second read comes from the cache");
+    assert_eq!(a, b);
+    let (c, hit_c) = tokenized(&file, &tok, &tmpl, LossOn::Everything, &opts, &dir).unwrap();
+    assert!(!hit_c, "another loss policy is another cache entry");
+    assert_ne!(a, c);
+    // A corrupt entry is not trusted: it is rebuilt.
+    for e in std::fs::read_dir(&dir).unwrap() {
+        std::fs::write(e.unwrap().path(), b"INSTILLR1garbage").unwrap();
+    }
+    let (d, hit_d) = tokenized(&file, &tok, &tmpl, LossOn::Assistant, &opts, &dir).unwrap();
+    assert!(!hit_d);
+    assert_eq!(a, d);
+}

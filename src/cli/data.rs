@@ -173,7 +173,7 @@ impl ReadArgs {
             let Some((a, b)) = m.split_once('=') else { bail!("--map {m:?}: expected FROM=TO") };
             columns.push((a.to_string(), b.to_string()));
         }
-        let mut o = ReadOptions { format: self.format.clone(), columns, ..Default::default() };
+        let mut o = ReadOptions { format: self.format.clone(), columns, skip_invalid: self.skip_invalid, ..Default::default() };
         o.superni.k_positive = self.k_shot;
         Ok(o)
     }
@@ -430,18 +430,19 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
 }
 
 fn stats_cmd(a: StatsArgs) -> Result<()> {
-    use instill::data::stats::{length_stats, render_all};
+    use instill::data::cache::{default_dir, tokenized};
+    use instill::data::stats::length_stats;
     let (_, tok) = a.model.load_tokenizer()?;
     let tmpl = tok.template(a.template.as_deref())?;
     std::fs::create_dir_all(&a.out)?;
     let mut all = serde_json::Map::new();
     for f in &a.files {
-        let l = load_clean(f, &a.read)?;
-        let rendered = render_all(&tok, &tmpl, &l.records, LossOn::Assistant)?;
-        let s = length_stats(&rendered, a.max_len);
+        let (examples, _) = tokenized(f, &tok, &tmpl, LossOn::Assistant, &a.read.options()?, &default_dir())?;
+        let lens: Vec<(usize, usize)> = examples.iter().map(|e| (e.ids.len(), e.mask.iter().filter(|&&m| m).count())).collect();
+        let s = length_stats(&lens, a.max_len);
         let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or("data").trim_end_matches(".jsonl").to_string();
         let png = a.out.join(format!("{stem}_tokens.png"));
-        let lens: Vec<f64> = rendered.iter().map(|r| r.ids.len() as f64).collect();
+        let lens: Vec<f64> = lens.iter().map(|l| l.0 as f64).collect();
         instill::plot::histogram(&png, &format!("{stem}: tokens per example ({} examples)", s.examples), "tokens (template included)", &lens, 40)?;
         println!(
             "{}: {} examples, {} tokens ({} trained), mean {:.0}, p50 {} p90 {} p99 {} max {}; {:.1}% longer than {} -> {}",

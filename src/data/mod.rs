@@ -2,6 +2,7 @@
 //!
 //! Readers (one per layout, in `formats/`) turn JSON values into [`Example`]s and report
 //! every problem with its file, line or record, and field.
+pub mod cache;
 pub mod dedup;
 pub mod formats;
 pub mod mix;

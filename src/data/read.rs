@@ -14,6 +14,8 @@ pub struct ReadOptions {
     /// Renames of top-level fields applied before parsing: (from, to).
     pub columns: Vec<(String, String)>,
     pub superni: formats::superni::SuperNiOptions,
+    /// Callers that refuse files with problems go on without the bad records instead.
+    pub skip_invalid: bool,
 }
 
 /// What reading a file gave: the layout, the good records and every problem.

@@ -36,15 +36,16 @@ pub struct LengthStats {
     pub truncated: f64,
 }
 
-pub fn length_stats(rendered: &[Rendered], max_len: usize) -> LengthStats {
-    let mut lens: Vec<usize> = rendered.iter().map(|r| r.ids.len()).collect();
+/// Statistics of `(tokens, trained tokens)` per example.
+pub fn length_stats(examples: &[(usize, usize)], max_len: usize) -> LengthStats {
+    let mut lens: Vec<usize> = examples.iter().map(|e| e.0).collect();
     lens.sort_unstable();
     let q = |p: f64| lens.get(((lens.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
     let tokens: usize = lens.iter().sum();
     LengthStats {
         examples: lens.len(),
         tokens,
-        trained_tokens: rendered.iter().map(Rendered::trained_tokens).sum(),
+        trained_tokens: examples.iter().map(|e| e.1).sum(),
         mean: tokens as f64 / lens.len().max(1) as f64,
         p50: q(0.5),
         p90: q(0.9),

@@ -22,6 +22,8 @@ pub fn named(name: &str) -> Result<String> {
 }
 
 pub struct ChatTemplate {
+    /// The Jinja source (part of cache keys).
+    pub source: String,
     env: Environment<'static>,
     bos: String,
     eos: String,
@@ -39,7 +41,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string()).map_err(|e| Error::Template(e.to_string()))?;
-        Ok(ChatTemplate { env, bos, eos })
+        Ok(ChatTemplate { source: source.to_string(), env, bos, eos })
     }
 
     /// Render `messages` (OpenAI-style objects: role, content, optional tool_calls ...).
