@@ -87,18 +87,23 @@ fn row(m: &str, ours: &GenSpeed, peer: Option<&serde_json::Value>, bytes: f64) {
 }
 
 fn llamacpp(a: &GenBench, gguf: &std::path::Path, ids: &[u32], threads: usize) -> Result<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers/llamacpp_gen.py");
     let req = serde_json::json!({"gguf": gguf, "ids": ids, "n_gen": a.n_gen, "reps": a.reps, "threads": threads});
-    let mut child = Command::new(&a.peer_python)
-        .arg(script)
+    run_peer(&a.peer_python, "llamacpp_gen.py", &req, "llama.cpp peer (install llama-cpp-python)")
+}
+
+/// Run `bench/peers/<script>` with `python`, the request as JSON on stdin; parse its JSON line.
+pub fn run_peer(python: &str, script: &str, req: &serde_json::Value, what: &str) -> Result<serde_json::Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/peers").join(script);
+    let mut child = Command::new(python)
+        .arg(&path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting the llama.cpp peer with {} (install llama-cpp-python, or pass --peer-python none)", a.peer_python))?;
+        .with_context(|| format!("starting the {what} with {python} (or pass --peer-python none)"))?;
     child.stdin.take().expect("piped").write_all(req.to_string().as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("the llama.cpp peer failed (exit {})", out.status);
+        bail!("the {what} failed (exit {})", out.status);
     }
-    Ok(serde_json::from_slice(&out.stdout).context("the llama.cpp peer printed no JSON")?)
+    Ok(serde_json::from_slice(&out.stdout).with_context(|| format!("the {what} printed no JSON"))?)
 }

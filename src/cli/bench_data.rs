@@ -1,13 +1,11 @@
 //! `instill bench data`: read + render + tokenize (with loss masks) examples/s against
 //! Hugging Face `datasets.map` with the same tokenizer and chat template, same run.
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use instill::data::read::{load, ReadOptions};
 use instill::data::render::LossOn;
 use instill::data::stats::render_all;
 use instill::{hub, Tokenizer};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 #[derive(Args)]
@@ -61,21 +59,9 @@ pub fn run(a: DataBench) -> Result<()> {
 }
 
 fn datasets_map(a: &DataBench, gguf: &std::path::Path, threads: usize) -> Result<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers/data_map.py");
     let files: Vec<String> = a.files.iter().map(|f| f.display().to_string()).collect();
     let dir = gguf.parent().context("model path has a directory")?;
     let name = gguf.file_name().context("model file name")?.to_string_lossy();
     let req = serde_json::json!({"files": files, "model_dir": dir, "gguf": name, "num_proc": threads});
-    let mut child = Command::new(&a.peer_python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting the datasets peer with {} (pip install transformers datasets gguf, or --peer-python none)", a.peer_python))?;
-    child.stdin.take().expect("piped").write_all(req.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("the datasets.map peer failed (exit {})", out.status);
-    }
-    Ok(serde_json::from_slice(&out.stdout).context("the datasets.map peer printed no JSON")?)
+    super::bench::run_peer(&a.peer_python, "data_map.py", &req, "datasets.map peer (pip install torch transformers datasets gguf)")
 }
