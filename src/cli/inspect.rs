@@ -4,6 +4,9 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct InspectArgs {
+    /// The model (same as -m).
+    #[arg(value_name = "MODEL")]
+    positional: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
     /// Print the config as JSON.
@@ -11,7 +14,10 @@ pub struct InspectArgs {
     json: bool,
 }
 
-pub fn run(a: InspectArgs) -> Result<()> {
+pub fn run(mut a: InspectArgs) -> Result<()> {
+    if let Some(m) = a.positional.take() {
+        a.model.model = m;
+    }
     let (model, tok) = a.model.load()?;
     let c = &model.config;
     if a.json {
