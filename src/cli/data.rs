@@ -206,32 +206,41 @@ fn check(a: CheckArgs) -> Result<()> {
     let opts = a.read.options()?;
     let mut bad = 0;
     for f in &a.files {
-        let l = load(f, &opts)?;
-        let (mut sft, mut pref, mut lab, mut turns) = (0, 0, 0, 0);
-        for r in &l.records {
-            match &r.example {
-                Example::Sft(c) => {
-                    sft += 1;
-                    turns += c.messages.len();
+        // Streamed: a file larger than memory is checked record by record.
+        let s = instill::data::read::stream(f, &opts)?;
+        let format = s.format;
+        let (mut sft, mut pref, mut lab, mut turns, mut problems) = (0, 0, 0, 0, vec![]);
+        let mut n_problems = 0;
+        for item in s {
+            match item {
+                Ok(r) => match &r.example {
+                    Example::Sft(c) => {
+                        sft += 1;
+                        turns += c.messages.len();
+                    }
+                    Example::Preference(_) => pref += 1,
+                    Example::Labelled(..) => lab += 1,
+                },
+                Err(p) => {
+                    n_problems += 1;
+                    if problems.len() < a.max_problems {
+                        problems.push(p);
+                    }
                 }
-                Example::Preference(_) => pref += 1,
-                Example::Labelled(..) => lab += 1,
             }
         }
         println!(
-            "{}: {} layout, {} records ({sft} conversations with {turns} turns, {pref} preference pairs, {lab} labelled), {} problems",
+            "{}: {format} layout, {} records ({sft} conversations with {turns} turns, {pref} preference pairs, {lab} labelled), {n_problems} problems",
             f.display(),
-            l.format,
-            l.records.len(),
-            l.problems.len()
+            sft + pref + lab,
         );
-        for p in l.problems.iter().take(a.max_problems) {
+        for p in &problems {
             println!("  {p}");
         }
-        if l.problems.len() > a.max_problems {
-            println!("  ... and {} more", l.problems.len() - a.max_problems);
+        if n_problems > problems.len() {
+            println!("  ... and {} more", n_problems - problems.len());
         }
-        bad += l.problems.len();
+        bad += n_problems;
     }
     if bad > 0 {
         bail!("{bad} problems found");
@@ -303,8 +312,21 @@ fn highlight(tok: &instill::Tokenizer, ids: &[u32], mask: &[bool], color: bool) 
 }
 
 fn convert(a: ConvertArgs) -> Result<()> {
-    let l = load_clean(&a.file, &a.read)?;
-    let n = instill::data::write::write_jsonl(&a.out, &l.records, a.to)?;
+    // Streamed: JSONL in, JSONL out never holds the whole file.
+    let opts = a.read.options()?;
+    let mut skipped = 0;
+    let records = instill::data::read::stream(&a.file, &opts)?.filter_map(|item| match item {
+        Ok(r) => Some(Ok(r)),
+        Err(_) if opts.skip_invalid => {
+            skipped += 1;
+            None
+        }
+        Err(p) => Some(Err(instill::Error::Input(format!("{p} (`instill data check` lists every problem; --skip-invalid goes on without them)")))),
+    });
+    let n = instill::data::write::write_stream(&a.out, records, a.to)?;
+    if skipped > 0 {
+        eprintln!("{}: skipped {skipped} problems", a.file.display());
+    }
     println!("{}: {n} records as {:?}", a.out.display(), a.to);
     Ok(())
 }

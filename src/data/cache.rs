@@ -2,7 +2,7 @@
 //! policy, read options), so a second run over the same data skips reading and rendering.
 //! Format: "INSTILLR1", example count (u64), then per example its length (u32), the ids
 //! (u32 each) and the mask (one byte each), little-endian. Written to a temp file + rename.
-use super::read::{load, ReadOptions};
+use super::read::{stream, ReadOptions};
 use super::render::LossOn;
 use super::stats::render_all;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
@@ -42,11 +42,30 @@ pub fn tokenized(file: &Path, tok: &Tokenizer, tmpl: &ChatTemplate, loss: LossOn
     if let Ok(t) = read(&path) {
         return Ok((t, true));
     }
-    let l = load(file, opts)?;
-    if let (Some(p), false) = (l.problems.first(), opts.skip_invalid) {
-        return Err(Error::Input(format!("{p} ({} problems in all; `instill data check` lists them, --skip-invalid goes on without them)", l.problems.len())));
+    // Streamed in chunks: records are dropped once rendered, each chunk on all cores.
+    const CHUNK: usize = 4096;
+    let mut out = vec![];
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut records = stream(file, opts)?;
+    loop {
+        let next = records.next();
+        let done = next.is_none();
+        match next {
+            Some(Ok(r)) => chunk.push(r),
+            Some(Err(_)) if opts.skip_invalid => {}
+            Some(Err(p)) => {
+                return Err(Error::Input(format!("{p} (`instill data check` lists every problem; --skip-invalid goes on without them)")));
+            }
+            None => {}
+        }
+        if chunk.len() == CHUNK || (done && !chunk.is_empty()) {
+            out.extend(render_all(tok, tmpl, &chunk, loss)?.into_iter().map(|r| Tokenized { ids: r.ids, mask: r.mask }));
+            chunk.clear();
+        }
+        if done {
+            break;
+        }
     }
-    let out: Vec<Tokenized> = render_all(tok, tmpl, &l.records, loss)?.into_iter().map(|r| Tokenized { ids: r.ids, mask: r.mask }).collect();
     write(&path, &out)?;
     Ok((out, false))
 }

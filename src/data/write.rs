@@ -93,12 +93,49 @@ pub fn write_jsonl(path: &Path, records: &[Record], layout: Layout) -> Result<us
     write_with(path, records.iter().map(|r| (r, None)), layout)
 }
 
+/// Write a stream of records as JSONL line by line (bounded memory), or as Parquet when
+/// `path` ends in `.parquet` (collected first); atomically. Stops at the first error.
+pub fn write_stream(path: &Path, records: impl Iterator<Item = Result<Record>>, layout: Layout) -> Result<usize> {
+    if path.extension().is_some_and(|e| e == "parquet") {
+        let recs = records.collect::<Result<Vec<Record>>>()?;
+        return write_jsonl(path, &recs, layout);
+    }
+    let tmp = path.with_extension("jsonl.partial");
+    let result = (|| -> Result<usize> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut n = 0;
+        for r in records {
+            let r = r?;
+            let v = to_json(&r.example, layout).ok_or_else(|| unwritable(&r, layout))?;
+            serde_json::to_writer(&mut f, &v).map_err(|e| crate::Error::Input(e.to_string()))?;
+            f.write_all(b"\n")?;
+            n += 1;
+        }
+        f.flush()?;
+        Ok(n)
+    })();
+    match result {
+        Ok(n) => {
+            std::fs::rename(&tmp, path)?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn unwritable(r: &Record, layout: Layout) -> crate::Error {
+    crate::Error::Input(format!("{}: this record cannot be written as {layout:?} (e.g. tool calls or multi-turn preference in alpaca)", r.origin))
+}
+
 /// Write records (JSONL, or Parquet when `path` ends in `.parquet`) atomically.
 pub fn write_with<'a>(path: &Path, records: impl Iterator<Item = (&'a Record, Option<(&'a str, Value)>)>, layout: Layout) -> Result<usize> {
     let mut rows = vec![];
     for (r, extra) in records {
         let Some(mut v) = to_json(&r.example, layout) else {
-            return Err(crate::Error::Input(format!("{}: this record cannot be written as {layout:?} (e.g. tool calls or multi-turn preference in alpaca)", r.origin)));
+            return Err(unwritable(r, layout));
         };
         if let Some((k, x)) = extra {
             v[k] = x;

@@ -102,10 +102,12 @@ pub(crate) fn validate(c: &Conversation, field: &str, needs_response: bool, errs
         return;
     }
     let mut prev = "";
+    let before = errs.len();
     for (i, m) in msgs.iter().enumerate() {
         let f = format!("{field}[{i}]");
         if !ROLES.contains(&m.role.as_str()) {
             errs.push((format!("{f}.role"), format!("expected one of {}, got {:?}", ROLES.join("|"), m.role)));
+            prev = "";
             continue;
         }
         let ok = match m.role.as_str() {
@@ -123,7 +125,8 @@ pub(crate) fn validate(c: &Conversation, field: &str, needs_response: bool, errs
         }
         prev = &m.role;
     }
-    if needs_response && prev != "assistant" {
+    // A bad role already explains a missing response; one problem, not two.
+    if needs_response && prev != "assistant" && errs.len() == before {
         errs.push((field.to_string(), format!("last turn is {prev:?}; a training example must end with an assistant response")));
     }
 }
