@@ -49,7 +49,7 @@ fn check(family: &str, id: &str) {
             let want = ids_of(greedy);
             // The reference ran generate(min_new_tokens=24): EOS is masked, not just skipped.
             let opts = GenerateOptions { max_new_tokens: want.len(), min_new_tokens: want.len(), ..Default::default() };
-            let got = generate(&m, &tok, &[ids.clone()], &opts, &mut |_, _| {}).unwrap().remove(0).tokens;
+            let got = generate(&m, &tok, std::slice::from_ref(&ids), &opts, &mut |_, _| {}).unwrap().remove(0).tokens;
             assert_eq!(got, want, "{family}/{name}: greedy continuation differs from transformers");
         }
     }

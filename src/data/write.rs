@@ -47,7 +47,7 @@ fn alpaca_json(c: &Conversation) -> Option<Value> {
         system = first.content.clone();
         msgs = &msgs[1..];
     }
-    if msgs.len() % 2 != 0 || msgs.iter().any(|m| m.tool_calls.is_some() || m.role == "tool") {
+    if !msgs.len().is_multiple_of(2) || msgs.iter().any(|m| m.tool_calls.is_some() || m.role == "tool") {
         return None;
     }
     let pairs: Vec<(&Message, &Message)> = msgs.chunks(2).map(|p| (&p[0], &p[1])).collect();

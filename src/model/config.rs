@@ -50,7 +50,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Does layer `i` attend only within the sliding window?
     pub fn is_sliding(&self, layer: usize) -> bool {
-        self.sliding_window.is_some() && (layer + 1) % self.global_every != 0
+        self.sliding_window.is_some() && !(layer + 1).is_multiple_of(self.global_every)
     }
 
     pub fn layer_rope_theta(&self, layer: usize) -> f64 {

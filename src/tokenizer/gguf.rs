@@ -128,7 +128,9 @@ fn sentencepiece_bpe(md: &Metadata, tokens: &[String], types: &[i32]) -> Result<
 fn spm_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec<Value> {
     let mergeable = |i: usize| !matches!(types[i], CONTROL | BYTE | UNUSED);
     let ids: HashMap<&str, usize> = tokens.iter().enumerate().filter(|(i, _)| mergeable(*i)).map(|(i, t)| (t.as_str(), i)).collect();
-    let mut merges: Vec<(f32, usize, usize, usize, usize, [&str; 2])> = vec![];
+    // (score of the merged piece, left length, right length, left id, right id, pair)
+    type Merge<'a> = (f32, usize, usize, usize, usize, [&'a str; 2]);
+    let mut merges: Vec<Merge> = vec![];
     for (i, piece) in tokens.iter().enumerate() {
         if !mergeable(i) {
             continue;

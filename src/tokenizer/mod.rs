@@ -12,6 +12,9 @@ use std::path::Path;
 /// End-of-turn markers that stop generation when present in the vocabulary.
 const TURN_ENDS: &[&str] = &["<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "</s>", "<eos>"];
 
+/// A byte range `[start, end)` of a text.
+pub type Span = (usize, usize);
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub bos_id: Option<u32>,
@@ -93,7 +96,7 @@ impl Tokenizer {
     }
 
     /// Ids of `text` (no BOS added) with each token's byte range in `text`.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
         let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 /// `y (m, n) = x (m, k) . W^T` for `W` given as `n` rows of `T` blocks (raw GGUF bytes).
 pub fn matmul<T: GgmlType>(w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
     let per_row = k / T::BLCK_SIZE;
-    assert!(k % T::BLCK_SIZE == 0 && w.len() == n * per_row * std::mem::size_of::<T>() && x.len() == m * k);
+    assert!(k.is_multiple_of(T::BLCK_SIZE) && w.len() == n * per_row * std::mem::size_of::<T>() && x.len() == m * k);
     assert_eq!(w.as_ptr() as usize % std::mem::align_of::<T>(), 0, "block storage is aligned");
     // SAFETY: the bytes are a GGUF tensor of `n * per_row` blocks of T (repr(C)); size and
     // alignment were checked above.

@@ -76,7 +76,7 @@ pub fn matmul(format: Format, w: &[u8], n: usize, k: usize, x: &[f32], m: usize)
 
 /// `matmul`, choosing the AVX-512 VNNI tiles (`wide`) or the AVX2 / scalar dot products.
 pub fn matmul_with(format: Format, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, wide: bool) -> Vec<f32> {
-    assert!(k % QK == 0 && x.len() == m * k && w.len() == n * (k / QK) * format.block_bytes());
+    assert!(k.is_multiple_of(QK) && x.len() == m * k && w.len() == n * (k / QK) * format.block_bytes());
     let rows: Vec<QuantRow> = (0..m).map(|i| quantize_row(&x[i * k..(i + 1) * k])).collect();
     let row_bytes = (k / QK) * format.block_bytes();
     let mut out_t = vec![0f32; n * m]; // (n, m): each task writes its own weight rows
