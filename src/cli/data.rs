@@ -268,16 +268,26 @@ fn render_cmd(a: RenderArgs) -> Result<()> {
     let color = std::io::stdout().is_terminal();
     let (mut total, mut trained, mut over, mut kept, mut n) = (0, 0, 0, 0, 0);
     for (i, rec) in l.records.iter().enumerate() {
-        let Example::Sft(c) = &rec.example else { bail!("{}: render shows SFT conversations; this is preference data", rec.origin) };
-        let r = render(&tok, &tmpl, c, a.loss)?;
-        n += 1;
-        total += r.ids.len();
-        trained += r.trained_tokens();
-        over += usize::from(r.ids.len() > a.max_len);
-        kept += usize::from(fit(r.clone(), a.max_len, a.truncation).is_some());
-        if i < a.show {
-            println!("--- {} ({} tokens, {} trained)", rec.origin, r.ids.len(), r.trained_tokens());
-            println!("{}", highlight(&tok, &r.ids, &r.mask, color)?);
+        // Preference pairs render as two conversations: prompt + chosen, prompt + rejected.
+        let sides: Vec<(&str, instill::data::Conversation)> = match &rec.example {
+            Example::Sft(c) | Example::Labelled(c, _) => vec![("", c.clone())],
+            Example::Preference(p) => ["chosen", "rejected"]
+                .into_iter()
+                .zip([&p.chosen, &p.rejected])
+                .map(|(name, side)| (name, instill::data::Conversation { messages: p.prompt.iter().chain(side.iter()).cloned().collect(), tools: None }))
+                .collect(),
+        };
+        for (side, c) in sides {
+            let r = render(&tok, &tmpl, &c, a.loss)?;
+            n += 1;
+            total += r.ids.len();
+            trained += r.trained_tokens();
+            over += usize::from(r.ids.len() > a.max_len);
+            kept += usize::from(fit(r.clone(), a.max_len, a.truncation).is_some());
+            if i < a.show {
+                println!("--- {} {side} ({} tokens, {} trained)", rec.origin, r.ids.len(), r.trained_tokens());
+                println!("{}", highlight(&tok, &r.ids, &r.mask, color)?);
+            }
         }
     }
     println!(
