@@ -219,26 +219,44 @@ mod x86 {
     /// Blocks per loop step: independent accumulators hide FMA latency.
     const U: usize = 4;
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_1(w: &[u8], x: &QuantRow) -> f32 {
-        let nb = w.len() / Q4_1_BYTES;
+    /// Shared loop of the unsigned-weight formats: `expand` turns a block into 32 u8
+    /// weights in activation order, its scale, and the coefficient c of its offset term,
+    /// so that block . x = scale * x_d * (w_u8 . x_i8) + c * x_d * x_sum.
+    #[inline(always)]
+    unsafe fn dot_unsigned(w: &[u8], bytes: usize, x: &QuantRow, expand: impl Fn(*const u8) -> (__m256i, f32, f32)) -> f32 {
+        let nb = w.len() / bytes;
         let (wp, xq, xd, xs) = (w.as_ptr(), x.qs.as_ptr(), x.d.as_ptr(), x.sum.as_ptr());
         let mut acc = [_mm256_setzero_ps(); U];
         let mut offs = [0f32; U];
         let mut b = 0;
         while b < nb {
             for u in 0..U.min(nb - b) {
-                let blk = wp.add((b + u) * Q4_1_BYTES);
+                let (wq, scale, coef) = expand(wp.add((b + u) * bytes));
                 let d = *xd.add(b + u);
-                let wq = nibbles(blk.add(4));
                 let q = _mm256_loadu_si256(xq.add((b + u) * QK) as *const __m256i);
-                acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(f16_ptr(blk) * d), dot_u8_i8(wq, q), acc[u]);
-                offs[u] += f16_ptr(blk.add(2)) * d * *xs.add(b + u) as f32;
+                acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(scale * d), dot_u8_i8(wq, q), acc[u]);
+                offs[u] += coef * d * *xs.add(b + u) as f32;
             }
             b += U;
         }
         let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
         hsum(acc) + offs.iter().sum::<f32>()
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1(w: &[u8], x: &QuantRow) -> f32 {
+        // value = d * q + m
+        dot_unsigned(w, Q4_1_BYTES, x, |blk| (nibbles(blk.add(4)), f16_ptr(blk), f16_ptr(blk.add(2))))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q5_0(w: &[u8], x: &QuantRow) -> f32 {
+        // value = d * (q - 16), q = 4 low bits | 1 high bit << 4
+        dot_unsigned(w, Q5_0_BYTES, x, |blk| {
+            let qh = u32::from_le_bytes([*blk.add(2), *blk.add(3), *blk.add(4), *blk.add(5)]);
+            let d = f16_ptr(blk);
+            (_mm256_or_si256(nibbles(blk.add(6)), high_bits(qh)), d, -16.0 * d)
+        })
     }
 
     #[inline(always)]
@@ -373,29 +391,6 @@ mod x86 {
         _mm256_and_si256(set, _mm256_set1_epi8(0x10))
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q5_0(w: &[u8], x: &QuantRow) -> f32 {
-        let nb = w.len() / Q5_0_BYTES;
-        let (wp, xq, xd, xs) = (w.as_ptr(), x.qs.as_ptr(), x.d.as_ptr(), x.sum.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); U];
-        let mut offs = [0f32; U];
-        let mut b = 0;
-        while b < nb {
-            for u in 0..U.min(nb - b) {
-                let blk = wp.add((b + u) * Q5_0_BYTES);
-                let scale = f16_ptr(blk) * *xd.add(b + u);
-                let qh = u32::from_le_bytes([*blk.add(2), *blk.add(3), *blk.add(4), *blk.add(5)]);
-                // Unsigned 0..31 values; the -16 offset is applied through the block's sum.
-                let wq = _mm256_or_si256(nibbles(blk.add(6)), high_bits(qh));
-                let q = _mm256_loadu_si256(xq.add((b + u) * QK) as *const __m256i);
-                acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(scale), dot_u8_i8(wq, q), acc[u]);
-                offs[u] += scale * 16.0 * *xs.add(b + u) as f32;
-            }
-            b += U;
-        }
-        let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        hsum(acc) - offs.iter().sum::<f32>()
-    }
 }
 
 #[cfg(test)]
