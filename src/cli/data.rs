@@ -359,18 +359,45 @@ fn mix_cmd(a: MixArgs) -> Result<()> {
 }
 
 fn dedup_cmd(a: DedupArgs) -> Result<()> {
+    use instill::data::dedup::{dedup_texts, record_text};
     if let Some(t) = a.near {
         if !(t > 0.0 && t <= 1.0) {
             bail!("--near {t}: expected a similarity in (0, 1]");
         }
     }
-    let l = load_clean(&a.file, &a.read)?;
-    let (keep, rep) = instill::data::dedup::dedup(&l.records, a.near);
-    let kept: Vec<_> = keep.iter().map(|&i| l.records[i].clone()).collect();
-    instill::data::write::write_jsonl(&a.out, &kept, instill::data::write::Layout::Messages)?;
-    println!("{}: kept {} of {}; removed {} exact and {} near duplicates", a.out.display(), kept.len(), l.records.len(), rep.exact, rep.near);
+    // Two streamed passes: find what to keep, then write it; records are never all in memory.
+    let opts = a.read.options()?;
+    let records = |opts: &ReadOptions| -> Result<_> {
+        let skip = opts.skip_invalid;
+        Ok(instill::data::read::stream(&a.file, opts)?.filter_map(move |item| match item {
+            Ok(r) => Some(Ok(r)),
+            Err(_) if skip => None,
+            Err(p) => Some(Err(instill::Error::Input(format!("{p} (`instill data check` lists every problem; --skip-invalid goes on without them)")))),
+        }))
+    };
+    let mut origins = vec![];
+    let mut failed = None;
+    let texts = records(&opts)?.map_while(|r| match r {
+        Ok(r) => {
+            origins.push(r.origin.to_string());
+            Some(record_text(&r.example))
+        }
+        Err(e) => {
+            failed = Some(e);
+            None
+        }
+    });
+    let (keep, rep) = dedup_texts(texts, a.near);
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let total = origins.len();
+    let keep: std::collections::HashSet<usize> = keep.into_iter().collect();
+    let kept = records(&opts)?.enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, r)| r);
+    let n = instill::data::write::write_stream(&a.out, kept, instill::data::write::Layout::Messages)?;
+    println!("{}: kept {n} of {total}; removed {} exact and {} near duplicates", a.out.display(), rep.exact, rep.near);
     for (i, j) in rep.removed.iter().take(10) {
-        println!("  {} duplicates {}", l.records[*i].origin, l.records[*j].origin);
+        println!("  {} duplicates {}", origins[*i], origins[*j]);
     }
     Ok(())
 }

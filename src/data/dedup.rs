@@ -70,13 +70,18 @@ pub struct DedupReport {
 /// Indices of the records to keep (first occurrence wins), and what was removed.
 /// `near` is a Jaccard threshold in (0, 1]; None does exact deduplication only.
 pub fn dedup(records: &[Record], near: Option<f64>) -> (Vec<usize>, DedupReport) {
+    dedup_texts(records.iter().map(|r| record_text(&r.example)), near)
+}
+
+/// [`dedup`] over the records' texts as a stream: memory holds hashes and signatures,
+/// not the records, so a second pass can write the kept ones.
+pub fn dedup_texts(texts: impl Iterator<Item = String>, near: Option<f64>) -> (Vec<usize>, DedupReport) {
     let mut report = DedupReport::default();
     let mut seen: HashMap<u64, usize> = HashMap::new();
     let mut keep = vec![];
     let mut sigs: Vec<Vec<u64>> = vec![];
     let mut buckets: HashMap<(usize, u64), Vec<usize>> = HashMap::new();
-    for (i, r) in records.iter().enumerate() {
-        let text = record_text(&r.example);
+    for (i, text) in texts.enumerate() {
         let norm = words(&text).join(" ");
         if let Some(&first) = seen.get(&hash_str(&norm)) {
             report.exact += 1;
