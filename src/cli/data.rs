@@ -248,6 +248,17 @@ fn check(a: CheckArgs) -> Result<()> {
     Ok(())
 }
 
+/// A file's records as a stream: a problem ends it with an error, or is passed over with
+/// --skip-invalid.
+fn stream_clean(file: &std::path::Path, opts: &ReadOptions) -> Result<impl Iterator<Item = instill::Result<instill::data::Record>>> {
+    let skip = opts.skip_invalid;
+    Ok(instill::data::read::stream(file, opts)?.filter_map(move |item| match item {
+        Ok(r) => Some(Ok(r)),
+        Err(_) if skip => None,
+        Err(p) => Some(Err(instill::Error::Input(format!("{p} (`instill data check` lists every problem; --skip-invalid goes on without them)")))),
+    }))
+}
+
 /// Load a file; refuse it if it has problems unless --skip-invalid.
 fn load_clean(file: &std::path::Path, read: &ReadArgs) -> Result<instill::data::read::Loaded> {
     let l = load(file, &read.options()?)?;
@@ -264,10 +275,10 @@ fn load_clean(file: &std::path::Path, read: &ReadArgs) -> Result<instill::data::
 fn render_cmd(a: RenderArgs) -> Result<()> {
     let (_, tok) = a.model.load_tokenizer()?;
     let tmpl = tok.template(a.template.as_deref())?;
-    let l = load_clean(&a.file, &a.read)?;
     let color = std::io::stdout().is_terminal();
     let (mut total, mut trained, mut over, mut kept, mut n) = (0, 0, 0, 0, 0);
-    for (i, rec) in l.records.iter().enumerate() {
+    for (i, rec) in stream_clean(&a.file, &a.read.options()?)?.enumerate() {
+        let rec = rec?;
         // Preference pairs render as two conversations: prompt + chosen, prompt + rejected.
         let sides: Vec<(&str, instill::data::Conversation)> = match &rec.example {
             Example::Sft(c) | Example::Labelled(c, _) => vec![("", c.clone())],
@@ -367,14 +378,7 @@ fn dedup_cmd(a: DedupArgs) -> Result<()> {
     }
     // Two streamed passes: find what to keep, then write it; records are never all in memory.
     let opts = a.read.options()?;
-    let records = |opts: &ReadOptions| -> Result<_> {
-        let skip = opts.skip_invalid;
-        Ok(instill::data::read::stream(&a.file, opts)?.filter_map(move |item| match item {
-            Ok(r) => Some(Ok(r)),
-            Err(_) if skip => None,
-            Err(p) => Some(Err(instill::Error::Input(format!("{p} (`instill data check` lists every problem; --skip-invalid goes on without them)")))),
-        }))
-    };
+    let records = |opts: &ReadOptions| stream_clean(&a.file, opts);
     let mut origins = vec![];
     let mut failed = None;
     let texts = records(&opts)?.map_while(|r| match r {
