@@ -83,7 +83,9 @@ pub fn text_indicators(response: &str, r: &Rendered) -> Indicators {
 /// Mean NLL of each example's trained tokens, `batch` examples per forward pass.
 pub fn response_losses(model: &CausalLm, examples: &[Rendered], pad: u32, batch: usize) -> Result<Vec<f64>> {
     let mut out = vec![f64::NAN; examples.len()];
-    let order = padded(examples, pad).examples.into_iter().flatten().collect::<Vec<_>>();
+    // Similar lengths share a batch, so little is padded.
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].ids.len());
     for chunk in order.chunks(batch.max(1)) {
         let group: Vec<Rendered> = chunk.iter().map(|&i| examples[i].clone()).collect();
         let rows = padded(&group, pad);

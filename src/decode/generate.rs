@@ -101,7 +101,12 @@ fn generate_here(
                     }
                 }
             }
-            let history: Vec<u32> = row.prompt.iter().chain(&row.tokens).copied().collect();
+            // Only the repetition penalty reads the history: skip the copy when it is off.
+            let history: Vec<u32> = if row.sampler.params.repetition_penalty != 1.0 {
+                row.prompt.iter().chain(&row.tokens).copied().collect()
+            } else {
+                vec![]
+            };
             let t = row.sampler.sample(&mut l, &history);
             next.push(t);
             accept(row, t, tok, opts, i, on_text)?;

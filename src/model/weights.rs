@@ -132,7 +132,12 @@ pub fn save_hf_dir(
         std::fs::write(tmp.join("model.safetensors.index.json"), serde_json::to_vec_pretty(&idx).expect("json"))?;
     }
     let mut config = arch.hf_config(cfg);
-    config["torch_dtype"] = format!("{dtype:?}").to_lowercase().replace("f32", "float32").replace("bf16", "bfloat16").replace("f16", "float16").into();
+    config["torch_dtype"] = match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    }
+    .into();
     std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&config).expect("json"))?;
     for (name, bytes) in extra_files {
         std::fs::write(tmp.join(name), bytes)?;
