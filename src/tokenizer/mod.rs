@@ -1,5 +1,7 @@
 //! Tokenizers from tokenizer.json or GGUF metadata, and chat templates.
+mod bpe;
 mod gguf;
+mod pretok;
 pub mod template;
 
 pub use template::ChatTemplate;
@@ -11,6 +13,12 @@ use std::path::Path;
 
 /// End-of-turn markers that stop generation when present in the vocabulary.
 const TURN_ENDS: &[&str] = &["<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "</s>", "<eos>"];
+
+/// Split patterns the fast encoder's scanners reproduce.
+const SPLIT_PATTERNS: [(&str, pretok::Pattern); 2] = [
+    (gguf::QWEN2_PATTERN, pretok::Pattern::Qwen2 { max_digits: 1 }),
+    (gguf::LLAMA3_PATTERN, pretok::Pattern::Qwen2 { max_digits: 3 }),
+];
 
 /// A byte range `[start, end)` of a text.
 pub type Span = (usize, usize);
@@ -27,6 +35,8 @@ pub struct Tokenizer {
     pub chat_template: Option<String>,
     /// The tokenizer.json document (for writing HF directories).
     pub json: serde_json::Value,
+    /// Our own encoder, when the tokenizer has a shape it reproduces exactly (else why not).
+    fast: std::result::Result<bpe::FastBpe, String>,
 }
 
 impl Tokenizer {
@@ -80,25 +90,51 @@ impl Tokenizer {
         let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
         stop_ids.extend(TURN_ENDS.iter().filter_map(|t| inner.token_to_id(t)));
         stop_ids.dedup();
-        Tokenizer { inner, bos_id, eos_id, add_bos, stop_ids, chat_template, json }
+        let fast = match std::env::var_os("INSTILL_HF_ENCODER") {
+            Some(_) => Err("INSTILL_HF_ENCODER is set".to_string()),
+            None => bpe::FastBpe::from_json(&json, &SPLIT_PATTERNS),
+        };
+        Tokenizer { inner, bos_id, eos_id, add_bos, stop_ids, chat_template, json, fast }
     }
 
     /// Token ids of `text`; special-token strings in the text become their ids.
     /// `add_bos` prepends BOS when the model wants one (whole prompts, not fragments).
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let (body, _) = self.encode_with_offsets(text)?;
+        let mut ids = Vec::with_capacity(body.len() + 1);
         if add_bos && self.add_bos {
             ids.extend(self.bos_id);
         }
-        ids.extend_from_slice(enc.get_ids());
+        ids.extend_from_slice(&body);
         Ok(ids)
     }
 
     /// Ids of `text` (no BOS added) with each token's byte range in `text`.
     pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
+        if let Some(out) = self.fast.as_ref().ok().and_then(|f| f.encode(text)) {
+            return Ok(out);
+        }
+        self.encode_reference(text)
+    }
+
+    /// `encode_with_offsets` through Hugging Face `tokenizers` alone (the reference the
+    /// fast encoder is tested against).
+    pub fn encode_reference(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
         let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
+    /// Whether encoding uses instill's own byte-level BPE encoder.
+    pub fn has_fast_encoder(&self) -> bool {
+        self.fast.is_ok()
+    }
+
+    /// Which encoder runs: instill's own, or `tokenizers` and why.
+    pub fn encoder_name(&self) -> String {
+        match &self.fast {
+            Ok(_) => "instill byte-level BPE".into(),
+            Err(why) => format!("tokenizers ({why} not reproduced by instill's encoder)"),
+        }
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {

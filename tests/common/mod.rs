@@ -35,3 +35,7 @@ pub fn tmpdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+pub fn load_tokenizer(id: &str) -> Tokenizer {
+    Tokenizer::load(&source(id)).unwrap()
+}
