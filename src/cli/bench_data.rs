@@ -43,7 +43,7 @@ pub fn run(a: DataBench) -> Result<()> {
         }
         let r = result.expect("one rep");
         let ours = r.len() as f64 / instill::bench::median(&mut times);
-        let tokens: usize = r.iter().map(|x| x.ids.len()).sum();
+        let tokens: usize = r.iter().flatten().map(|x| x.ids.len()).sum();
         let key = f.display().to_string();
         let p = peer.as_ref().map(|p| &p["results"][&key]);
         let p_rate = p.and_then(|p| p["examples_per_s"].as_f64());

@@ -353,15 +353,14 @@ fn convert(a: ConvertArgs) -> Result<()> {
 }
 
 fn mix_cmd(a: MixArgs) -> Result<()> {
-    use instill::data::mix::{mix, Mixture};
+    use instill::data::mix::{plan, Mixture};
     let m = Mixture::from_file(&a.mixture)?;
     let base = a.mixture.parent().unwrap_or(std::path::Path::new("."));
-    let out = mix(&m, base)?;
+    let out = plan(&m, base)?;
     if let Some(p) = out.problems.first() {
         bail!("{p} (and {} more problems; run `instill data check`)", out.problems.len() - 1);
     }
-    let rows = out.records.iter().map(|(src, r)| (r, Some(("source", serde_json::Value::String(src.clone())))));
-    let n = instill::data::write::write_with(&a.out, rows, instill::data::write::Layout::Messages)?;
+    let n = out.write(&a.out)?;
     for (src, avail, drawn) in &out.counts {
         println!("{drawn:>7} of {avail:>7}  {src}");
     }
@@ -431,7 +430,8 @@ fn contamination_cmd(a: ContaminationArgs) -> Result<()> {
 }
 
 fn select_cmd(a: SelectArgs) -> Result<()> {
-    use instill::data::select::{response_losses, text_indicators, top_fraction, Rule, NAMES};
+    use instill::data::select::{top_fraction, Rule, NAMES};
+    use std::io::Write;
     if !(a.keep > 0.0 && a.keep <= 1.0) {
         bail!("--keep {}: expected a fraction in (0, 1]", a.keep);
     }
@@ -447,49 +447,75 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
         _ => bail!("give --by INDICATOR or --rule EXPRESSION"),
     };
     let needs_model = rule.0.iter().any(|(_, n)| n == "loss" || n == "perplexity");
-    let l = load_clean(&a.file, &a.read)?;
     let (model, tok) = if needs_model { let (m, t) = a.model.load()?; (Some(m), t) } else { (None, a.model.load_tokenizer()?.1) };
     let tmpl = tok.template(a.template.as_deref())?;
-    let mut rendered = vec![];
-    let mut inds = vec![];
-    for r in &l.records {
-        let Example::Sft(c) = &r.example else { bail!("{}: select scores SFT conversations", r.origin) };
-        let rd = render(&tok, &tmpl, c, LossOn::Assistant)?;
-        let response: String = c.messages.iter().filter(|m| m.role == "assistant").map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
-        inds.push(text_indicators(&response, &rd));
-        rendered.push(rd);
-    }
-    if let Some(m) = &model {
-        let bar = indicatif::ProgressBar::new(rendered.len() as u64);
-        let pad = tok.eos_id.unwrap_or(0);
-        let mut losses = vec![];
-        for chunk in rendered.chunks(a.batch_size.max(1) * 4) {
-            losses.extend(response_losses(m, chunk, pad, a.batch_size)?);
-            bar.inc(chunk.len() as u64);
+    let opts = a.read.options()?;
+    // Pass 1 scores the file in chunks (indicators streamed out, only scores kept);
+    // pass 2 streams it again and writes the kept records.
+    let mut ind_out = match &a.indicators {
+        Some(p) => Some((std::io::BufWriter::new(std::fs::File::create(p.with_extension("jsonl.partial"))?), p)),
+        None => None,
+    };
+    let bar = indicatif::ProgressBar::new_spinner().with_message("scoring");
+    let mut scores: Vec<Option<f64>> = vec![];
+    let mut records = stream_clean(&a.file, &opts)?.peekable();
+    while records.peek().is_some() {
+        let chunk: Vec<instill::data::Record> = records.by_ref().take(a.batch_size.max(1) * 32).collect::<instill::Result<_>>()?;
+        let scored = score_chunk(&chunk, &tok, &tmpl, model.as_ref(), a.batch_size)?;
+        for (r, ind) in chunk.iter().zip(&scored) {
+            let s = rule.score(ind);
+            if let Some((f, _)) = &mut ind_out {
+                let mut v = serde_json::to_value(ind)?;
+                v["origin"] = r.origin.to_string().into();
+                v["score"] = serde_json::json!(s);
+                serde_json::to_writer(&mut *f, &v)?;
+                f.write_all(b"\n")?;
+            }
+            scores.push(s);
         }
-        bar.finish_and_clear();
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if let Some((mut f, p)) = ind_out {
+        f.flush()?;
+        std::fs::rename(p.with_extension("jsonl.partial"), p)?;
+    }
+    let keep: std::collections::HashSet<usize> = top_fraction(&scores, a.keep).into_iter().collect();
+    let kept = stream_clean(&a.file, &opts)?.enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, r)| r);
+    let n = instill::data::write::write_stream(&a.out, kept, instill::data::write::Layout::Messages)?;
+    println!("{}: kept {n} of {} by {:?}", a.out.display(), scores.len(), rule.0);
+    Ok(())
+}
+
+/// Indicators of a chunk of SFT records: rendered on all cores, losses in batches.
+fn score_chunk(
+    chunk: &[instill::data::Record],
+    tok: &instill::Tokenizer,
+    tmpl: &instill::tokenizer::ChatTemplate,
+    model: Option<&instill::CausalLm>,
+    batch: usize,
+) -> Result<Vec<instill::data::select::Indicators>> {
+    use instill::data::select::{response_losses, text_indicators};
+    use rayon::prelude::*;
+    let rendered: Vec<(instill::data::render::Rendered, instill::data::select::Indicators)> = chunk
+        .par_iter()
+        .map(|r| {
+            let Example::Sft(c) = &r.example else { bail!("{}: select scores SFT conversations", r.origin) };
+            let rd = render(tok, tmpl, c, LossOn::Assistant)?;
+            let response: String = c.messages.iter().filter(|m| m.role == "assistant").map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+            let ind = text_indicators(&response, &rd);
+            Ok((rd, ind))
+        })
+        .collect::<Result<_>>()?;
+    let (rendered, mut inds): (Vec<_>, Vec<_>) = rendered.into_iter().unzip();
+    if let Some(m) = model {
+        let losses = response_losses(m, &rendered, tok.eos_id.unwrap_or(0), batch)?;
         for (ind, loss) in inds.iter_mut().zip(losses) {
             ind.loss = Some(loss);
             ind.perplexity = Some(loss.exp());
         }
     }
-    let scores: Vec<Option<f64>> = inds.iter().map(|i| rule.score(i)).collect();
-    if let Some(p) = &a.indicators {
-        let mut text = String::new();
-        for ((r, ind), s) in l.records.iter().zip(&inds).zip(&scores) {
-            let mut v = serde_json::to_value(ind)?;
-            v["origin"] = r.origin.to_string().into();
-            v["score"] = serde_json::json!(s);
-            text.push_str(&v.to_string());
-            text.push('\n');
-        }
-        std::fs::write(p, text)?;
-    }
-    let keep = top_fraction(&scores, a.keep);
-    let kept: Vec<_> = keep.iter().map(|&i| l.records[i].clone()).collect();
-    instill::data::write::write_jsonl(&a.out, &kept, instill::data::write::Layout::Messages)?;
-    println!("{}: kept {} of {} by {:?}", a.out.display(), kept.len(), l.records.len(), rule.0);
-    Ok(())
+    Ok(inds)
 }
 
 fn stats_cmd(a: StatsArgs) -> Result<()> {
@@ -507,8 +533,10 @@ fn stats_cmd(a: StatsArgs) -> Result<()> {
         let png = a.out.join(format!("{stem}_tokens.png"));
         let lens: Vec<f64> = lens.iter().map(|l| l.0 as f64).collect();
         instill::plot::histogram(&png, &format!("{stem}: tokens per example ({} examples)", s.examples), "tokens (template included)", &lens, 40)?;
+        let pairs = examples.iter().filter(|e| e.side == instill::data::cache::Side::Chosen).count();
+        let what = if pairs > 0 { format!("sequences ({pairs} preference pairs, chosen and rejected each counted)") } else { "examples".into() };
         println!(
-            "{}: {} examples, {} tokens ({} trained), mean {:.0}, p50 {} p90 {} p99 {} max {}; {:.1}% longer than {} -> {}",
+            "{}: {} {what}, {} tokens ({} trained), mean {:.0}, p50 {} p90 {} p99 {} max {}; {:.1}% longer than {} -> {}",
             f.display(), s.examples, s.tokens, s.trained_tokens, s.mean, s.p50, s.p90, s.p99, s.max, s.truncated * 100.0, s.max_len, png.display()
         );
         all.insert(f.display().to_string(), serde_json::to_value(&s)?);

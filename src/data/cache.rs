@@ -1,7 +1,8 @@
 //! Tokenized datasets cached on disk, keyed by (file contents, tokenizer, template, loss
 //! policy, read options), so a second run over the same data skips reading and rendering.
-//! Format: "INSTILLR1", example count (u64), then per example its length (u32), the ids
-//! (u32 each) and the mask (one byte each), little-endian. Written to a temp file + rename.
+//! Format: "INSTILLR2", sequence count (u64), then per sequence its side (one byte: 0 a
+//! conversation, 1 chosen, 2 rejected), length (u32), the ids (u32 each) and the mask (one
+//! byte each), little-endian. Written to a temp file + rename.
 use super::read::{stream, ReadOptions};
 use super::render::LossOn;
 use super::stats::render_all;
@@ -11,13 +12,22 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 9] = b"INSTILLR1";
+const MAGIC: &[u8; 9] = b"INSTILLR2";
 
-/// Token ids and loss mask of one example.
+/// Token ids and loss mask of one rendered conversation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tokenized {
+    pub side: Side,
     pub ids: Vec<u32>,
     pub mask: Vec<bool>,
+}
+
+/// Which conversation of its record a sequence is; a rejected one follows its chosen one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Conversation = 0,
+    Chosen = 1,
+    Rejected = 2,
 }
 
 fn key(file: &Path, tok: &Tokenizer, tmpl: &ChatTemplate, loss: LossOn, opts: &ReadOptions) -> Result<String> {
@@ -59,7 +69,17 @@ pub fn tokenized(file: &Path, tok: &Tokenizer, tmpl: &ChatTemplate, loss: LossOn
             None => {}
         }
         if chunk.len() == CHUNK || (done && !chunk.is_empty()) {
-            out.extend(render_all(tok, tmpl, &chunk, loss)?.into_iter().map(|r| Tokenized { ids: r.ids, mask: r.mask }));
+            for sides in render_all(tok, tmpl, &chunk, loss)? {
+                let pair = sides.len() == 2;
+                for (i, r) in sides.into_iter().enumerate() {
+                    let side = match (pair, i) {
+                        (false, _) => Side::Conversation,
+                        (true, 0) => Side::Chosen,
+                        (true, _) => Side::Rejected,
+                    };
+                    out.push(Tokenized { side, ids: r.ids, mask: r.mask });
+                }
+            }
             chunk.clear();
         }
         if done {
@@ -77,6 +97,7 @@ fn write(path: &Path, items: &[Tokenized]) -> Result<()> {
     f.write_all(MAGIC)?;
     f.write_all(&(items.len() as u64).to_le_bytes())?;
     for t in items {
+        f.write_all(&[t.side as u8])?;
         f.write_all(&(t.ids.len() as u32).to_le_bytes())?;
         for id in &t.ids {
             f.write_all(&id.to_le_bytes())?;
@@ -101,13 +122,20 @@ fn read(path: &Path) -> Result<Vec<Tokenized>> {
     let mut at = 17;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
+        let side = match bytes.get(at) {
+            Some(0) => Side::Conversation,
+            Some(1) => Side::Chosen,
+            Some(2) => Side::Rejected,
+            _ => return Err(bad()),
+        };
+        at += 1;
         let len = u32_at(at).ok_or_else(bad)? as usize;
         at += 4;
         let ids = (0..len).map(|i| u32_at(at + 4 * i)).collect::<Option<Vec<u32>>>().ok_or_else(bad)?;
         at += 4 * len;
         let mask = bytes.get(at..at + len).ok_or_else(bad)?.iter().map(|&b| b != 0).collect();
         at += len;
-        out.push(Tokenized { ids, mask });
+        out.push(Tokenized { side, ids, mask });
     }
     if at != bytes.len() {
         return Err(bad());

@@ -1,12 +1,15 @@
 //! Mixtures (FLAN / OPT-IML style): several datasets and SuperNI tasks, with weights or
 //! temperature sampling, per-source caps, a fraction of instances per task ("Quick
 //! Learners" 6% / 25% / 100%), held-out tasks and instances excluded, all seeded.
-use super::read::{load, ReadOptions};
+use super::read::{stream, ReadOptions};
+use super::write::{to_json, write_values, Layout};
 use super::{Problem, Record};
 use crate::{Error, Result};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,9 +51,28 @@ pub struct Source {
     pub held_out_tasks: Vec<String>,
 }
 
-/// A mixture's result: records with the source each came from, and what was drawn.
+/// A mixture's result in memory: records with the source each came from.
 pub struct Mixed {
     pub records: Vec<(String, Record)>,
+    /// (source, available, drawn).
+    pub counts: Vec<(String, usize, usize)>,
+    pub problems: Vec<Problem>,
+}
+
+/// One file of a mixture and which of its records are drawn.
+struct Pool {
+    file: PathBuf,
+    opts: ReadOptions,
+    /// Record index (among the file's good records) -> position in the output.
+    drawn: HashMap<usize, usize>,
+}
+
+/// What a mixture draws, as record indices only: files are read twice (count, then
+/// draw), so a mixture of files larger than memory holds only these numbers.
+pub struct Plan {
+    pools: Vec<Pool>,
+    /// Examples drawn in all.
+    pub len: usize,
     /// (source, available, drawn).
     pub counts: Vec<(String, usize, usize)>,
     pub problems: Vec<Problem>,
@@ -103,12 +125,12 @@ fn excluded_ids(files: &[String], base: &Path) -> Result<HashSet<String>> {
     Ok(ids)
 }
 
-/// Draw the mixture. `base` resolves relative paths (the mixture file's directory).
-pub fn mix(m: &Mixture, base: &Path) -> Result<Mixed> {
+/// Decide what the mixture draws. `base` resolves relative paths (the mixture file's
+/// directory).
+pub fn plan(m: &Mixture, base: &Path) -> Result<Plan> {
     let mut rng = StdRng::seed_from_u64(m.seed);
-    // Every matching file becomes one pool.
-    // (name, records, source index)
-    let mut pools: Vec<(String, Vec<Record>, usize)> = vec![];
+    // Every matching file becomes one pool: (file, options, its records in draw order, source).
+    let mut pools: Vec<(PathBuf, ReadOptions, Vec<usize>, usize)> = vec![];
     let mut problems = vec![];
     for (si, s) in m.sources.iter().enumerate() {
         let mut opts = ReadOptions { format: s.format.clone(), ..Default::default() };
@@ -121,31 +143,100 @@ pub fn mix(m: &Mixture, base: &Path) -> Result<Mixed> {
             if s.held_out_tasks.contains(&stem) {
                 continue;
             }
-            let l = load(&file, &opts)?;
-            problems.extend(l.problems);
-            let mut recs = l.records;
-            recs.shuffle(&mut rng);
+            let mut n = 0;
+            for item in stream(&file, &opts)? {
+                match item {
+                    Ok(_) => n += 1,
+                    Err(p) => problems.push(p),
+                }
+            }
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut rng);
             if let Some(f) = s.fraction {
-                recs.truncate(((recs.len() as f64) * f).ceil() as usize);
+                order.truncate(((n as f64) * f).ceil() as usize);
             }
             if let Some(cap) = s.max {
-                recs.truncate(cap);
+                order.truncate(cap);
             }
-            pools.push((file.display().to_string(), recs, si));
+            pools.push((file, opts.clone(), order, si));
         }
     }
-    let sizes: Vec<usize> = pools.iter().map(|p| p.1.len()).collect();
+    let sizes: Vec<usize> = pools.iter().map(|p| p.2.len()).collect();
     let available: usize = sizes.iter().sum();
     let total = m.total.unwrap_or(available).min(available);
-    let shares = shares(m, &pools.iter().map(|p| p.2).collect::<Vec<_>>(), &sizes);
+    let shares = shares(m, &pools.iter().map(|p| p.3).collect::<Vec<_>>(), &sizes);
     let draws = allocate(&shares, &sizes, total);
-    let mut out = Mixed { records: vec![], counts: vec![], problems };
-    for ((name, recs, _), n) in pools.into_iter().zip(draws) {
-        out.counts.push((name.clone(), recs.len(), n));
-        out.records.extend(recs.into_iter().take(n).map(|r| (name.clone(), r)));
+    // The output is every drawn (pool, record) in one seeded shuffle.
+    let mut slots: Vec<(usize, usize)> = vec![];
+    for (pi, (p, &n)) in pools.iter().zip(&draws).enumerate() {
+        slots.extend(p.2[..n].iter().map(|&i| (pi, i)));
     }
-    out.records.shuffle(&mut rng);
-    Ok(out)
+    slots.shuffle(&mut rng);
+    let mut drawn: Vec<HashMap<usize, usize>> = vec![HashMap::new(); pools.len()];
+    for (pos, &(pi, i)) in slots.iter().enumerate() {
+        drawn[pi].insert(i, pos);
+    }
+    let counts = pools.iter().zip(&draws).map(|(p, &n)| (p.0.display().to_string(), p.2.len(), n)).collect();
+    let pools = pools.into_iter().zip(drawn).map(|((file, opts, _, _), drawn)| Pool { file, opts, drawn }).collect();
+    Ok(Plan { pools, len: slots.len(), counts, problems })
+}
+
+impl Plan {
+    /// The drawn records, file by file, each with its source name and output position.
+    pub fn drawn(&self) -> impl Iterator<Item = Result<(usize, String, Record)>> + '_ {
+        self.pools.iter().flat_map(|p| {
+            let name = p.file.display().to_string();
+            let records: Box<dyn Iterator<Item = Result<(usize, String, Record)>>> = match stream(&p.file, &p.opts) {
+                Err(e) => Box::new(std::iter::once(Err(e))),
+                Ok(s) => Box::new(s.filter_map(|r| r.ok()).enumerate().filter_map(move |(i, r)| p.drawn.get(&i).map(|&pos| Ok((pos, name.clone(), r))))),
+            };
+            records
+        })
+    }
+
+    /// Write the mixture in its shuffled order (JSONL or Parquet, atomically), with each
+    /// record's source in a `source` field. Drawn records are spilled to a temporary file
+    /// first, so memory holds offsets, not records.
+    pub fn write(&self, out: &Path) -> Result<usize> {
+        let spill_path = out.with_extension("mix-spill");
+        let result = self.write_via(out, &spill_path);
+        let _ = std::fs::remove_file(&spill_path);
+        result
+    }
+
+    fn write_via(&self, out: &Path, spill_path: &Path) -> Result<usize> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(spill_path);
+        let mut spill = std::io::BufWriter::new(file.map_err(|e| Error::file(spill_path, e.to_string()))?);
+        let mut at = vec![(0u64, 0usize); self.len];
+        let mut offset = 0u64;
+        for item in self.drawn() {
+            let (pos, name, r) = item?;
+            let mut v = to_json(&r.example, Layout::Messages).ok_or_else(|| Error::Input(format!("{}: cannot be written as messages", r.origin)))?;
+            v["source"] = name.into();
+            let line = serde_json::to_vec(&v).map_err(|e| Error::Input(e.to_string()))?;
+            spill.write_all(&line)?;
+            at[pos] = (offset, line.len());
+            offset += line.len() as u64;
+        }
+        let spill = spill.into_inner().map_err(|e| Error::file(spill_path, e.to_string()))?;
+        let rows = at.into_iter().map(|(o, n)| {
+            let mut buf = vec![0u8; n];
+            spill.read_exact_at(&mut buf, o)?;
+            serde_json::from_slice(&buf).map_err(|e| Error::Input(e.to_string()))
+        });
+        write_values(out, rows)
+    }
+}
+
+/// Draw the mixture into memory, in its shuffled order.
+pub fn mix(m: &Mixture, base: &Path) -> Result<Mixed> {
+    let p = plan(m, base)?;
+    let mut slots: Vec<Option<(String, Record)>> = vec![None; p.len];
+    for item in p.drawn() {
+        let (pos, name, r) = item?;
+        slots[pos] = Some((name, r));
+    }
+    Ok(Mixed { records: slots.into_iter().flatten().collect(), counts: p.counts, problems: p.problems })
 }
 
 /// Each pool's share: size^(1/T); a source with a weight gets that weight in all, split

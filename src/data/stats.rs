@@ -1,24 +1,28 @@
 //! Token-length statistics of a dataset under a model's tokenizer and template,
 //! rendered on all cores.
 use super::render::{render, LossOn, Rendered};
-use super::{Example, Record};
+use super::{Conversation, Example, Record};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::Result;
 use rayon::prelude::*;
 use serde::Serialize;
 
-/// Render every SFT record in parallel (order kept); preference records use their chosen side.
-pub fn render_all(tok: &Tokenizer, tmpl: &ChatTemplate, records: &[Record], loss: LossOn) -> Result<Vec<Rendered>> {
-    records
-        .par_iter()
-        .map(|r| {
-            let c = match &r.example {
-                Example::Sft(c) | Example::Labelled(c, _) => c.clone(),
-                Example::Preference(p) => super::Conversation { messages: p.prompt.iter().chain(&p.chosen).cloned().collect(), tools: None },
-            };
-            render(tok, tmpl, &c, loss)
-        })
-        .collect()
+/// The conversations a record trains on: its own, or a preference pair's prompt +
+/// chosen and prompt + rejected.
+pub fn conversations(e: &Example) -> Vec<Conversation> {
+    match e {
+        Example::Sft(c) | Example::Labelled(c, _) => vec![c.clone()],
+        Example::Preference(p) => [&p.chosen, &p.rejected]
+            .into_iter()
+            .map(|side| Conversation { messages: p.prompt.iter().chain(side.iter()).cloned().collect(), tools: None })
+            .collect(),
+    }
+}
+
+/// Render every record in parallel (order kept): one rendering per conversation, so
+/// preference records give two (chosen, rejected).
+pub fn render_all(tok: &Tokenizer, tmpl: &ChatTemplate, records: &[Record], loss: LossOn) -> Result<Vec<Vec<Rendered>>> {
+    records.par_iter().map(|r| conversations(&r.example).iter().map(|c| render(tok, tmpl, c, loss)).collect()).collect()
 }
 
 #[derive(Debug, Serialize)]

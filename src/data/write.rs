@@ -96,18 +96,23 @@ pub fn write_jsonl(path: &Path, records: &[Record], layout: Layout) -> Result<us
 /// Write a stream of records as JSONL line by line (bounded memory), or as Parquet when
 /// `path` ends in `.parquet` (collected first); atomically. Stops at the first error.
 pub fn write_stream(path: &Path, records: impl Iterator<Item = Result<Record>>, layout: Layout) -> Result<usize> {
+    write_values(path, records.map(|r| r.and_then(|r| to_json(&r.example, layout).ok_or_else(|| unwritable(&r, layout)))))
+}
+
+/// Write JSON rows as JSONL line by line (bounded memory), or as Parquet when `path`
+/// ends in `.parquet` (collected first); atomically: nothing is left at `path` on error.
+pub fn write_values(path: &Path, rows: impl Iterator<Item = Result<Value>>) -> Result<usize> {
     if path.extension().is_some_and(|e| e == "parquet") {
-        let recs = records.collect::<Result<Vec<Record>>>()?;
-        return write_jsonl(path, &recs, layout);
+        let rows = rows.collect::<Result<Vec<Value>>>()?;
+        super::parquet_io::write_rows(path, &rows)?;
+        return Ok(rows.len());
     }
     let tmp = path.with_extension("jsonl.partial");
     let result = (|| -> Result<usize> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         let mut n = 0;
-        for r in records {
-            let r = r?;
-            let v = to_json(&r.example, layout).ok_or_else(|| unwritable(&r, layout))?;
-            serde_json::to_writer(&mut f, &v).map_err(|e| crate::Error::Input(e.to_string()))?;
+        for v in rows {
+            serde_json::to_writer(&mut f, &v?).map_err(|e| crate::Error::Input(e.to_string()))?;
             f.write_all(b"\n")?;
             n += 1;
         }
@@ -130,30 +135,17 @@ fn unwritable(r: &Record, layout: Layout) -> crate::Error {
     crate::Error::Input(format!("{}: this record cannot be written as {layout:?} (e.g. tool calls or multi-turn preference in alpaca)", r.origin))
 }
 
-/// Write records (JSONL, or Parquet when `path` ends in `.parquet`) atomically.
+/// Write records (JSONL, or Parquet when `path` ends in `.parquet`) atomically, each
+/// with an optional extra field.
 pub fn write_with<'a>(path: &Path, records: impl Iterator<Item = (&'a Record, Option<(&'a str, Value)>)>, layout: Layout) -> Result<usize> {
-    let mut rows = vec![];
-    for (r, extra) in records {
-        let Some(mut v) = to_json(&r.example, layout) else {
-            return Err(unwritable(r, layout));
-        };
-        if let Some((k, x)) = extra {
-            v[k] = x;
-        }
-        rows.push(v);
-    }
-    if path.extension().is_some_and(|e| e == "parquet") {
-        super::parquet_io::write_rows(path, &rows)?;
-        return Ok(rows.len());
-    }
-    let tmp = path.with_extension("jsonl.partial");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    for v in &rows {
-        serde_json::to_writer(&mut f, v).map_err(|e| crate::Error::Input(e.to_string()))?;
-        f.write_all(b"\n")?;
-    }
-    f.flush()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    Ok(rows.len())
+    write_values(
+        path,
+        records.map(|(r, extra)| {
+            let mut v = to_json(&r.example, layout).ok_or_else(|| unwritable(r, layout))?;
+            if let Some((k, x)) = extra {
+                v[k] = x;
+            }
+            Ok(v)
+        }),
+    )
 }
