@@ -31,7 +31,11 @@ fn kv_cache_decode_matches_full_forward() {
 
 #[test]
 fn left_padded_batch_matches_single_rows() {
-    let (m, tok) = load("smollm2-135m-instruct", false);
+    // Dequantized: batched decoding of a quantized model uses multi-row kernels whose
+    // float sums differ in order from the one-row kernel (logits move by ~1e-2 to 1e-1,
+    // as the Q8 rounding of activations amplifies), which can flip a near-tie; padding
+    // and masking are what this test is about.
+    let (m, tok) = load("smollm2-135m-instruct", true);
     let prompts = vec![ids(&tok, "Hello there"), ids(&tok, "Write a haiku about the sea and the wind at night")];
     let batch = Batch::left_padded(&prompts, 0).unwrap();
     let both = m.forward(&batch, None, LogitsFor::Last).unwrap();

@@ -13,7 +13,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
+        super::ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -91,7 +91,7 @@ impl Attention {
                 .reshape((b, self.kv_heads, rep * t, s))?,
             None => scores,
         };
-        let p = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
+        let p = super::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
         let y = p.matmul(&v.contiguous()?)?; // (B, KV, R*T, D)
         let y = y.reshape((b, self.heads, t, self.head_dim))?.transpose(1, 2)?;
         self.o.forward(&y.reshape((b, t, self.heads * self.head_dim))?)

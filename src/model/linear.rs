@@ -18,6 +18,13 @@ pub enum LinearWeight {
 pub struct Linear {
     pub weight: LinearWeight,
     pub bias: Option<Tensor>,
+    /// A trainable addition to the frozen projection (LoRA).
+    pub adapter: Option<Arc<dyn Delta>>,
+}
+
+/// Something added to a projection's output: `y = base(x) + delta(x)`.
+pub trait Delta: std::fmt::Debug + Send + Sync {
+    fn delta(&self, x: &Tensor) -> Result<Tensor>;
 }
 
 /// Quantized products on the CPU run on our rayon pool: Q4_1, Q5_0 and Q8_0 through our
@@ -59,16 +66,27 @@ fn tokens_per_row(x: &Tensor) -> usize {
 
 impl Linear {
     pub fn dense(w: Tensor, bias: Option<Tensor>) -> Self {
-        Linear { weight: LinearWeight::Dense(w), bias }
+        Linear { weight: LinearWeight::Dense(w), bias, adapter: None }
     }
 
     pub fn quantized(q: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
         let mm = QMatMul::from_arc(q.clone())?;
-        Ok(Linear { weight: LinearWeight::Quant(q, mm), bias })
+        Ok(Linear { weight: LinearWeight::Quant(q, mm), bias, adapter: None })
     }
 
-    /// `x (..., in) -> (..., out)`.
+    /// `x (..., in) -> (..., out)`, with the adapter's delta when there is one. Under
+    /// training, a frozen weight passes gradients to `x` only (`ops::frozen_linear`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let trainable = matches!(&self.weight, LinearWeight::Dense(w) if w.track_op());
+        let y = if trainable { self.forward_plain(x)? } else { super::ops::frozen_linear(self, x)? };
+        match &self.adapter {
+            Some(a) => Ok((y + a.delta(x)?)?),
+            None => Ok(y),
+        }
+    }
+
+    /// The projection alone (no adapter), as candle differentiates it.
+    pub fn forward_plain(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             LinearWeight::Dense(w) => {
                 let dims = x.dims().to_vec();
@@ -84,7 +102,7 @@ impl Linear {
                 // row (measured: 120 -> 468 prompt tok/s on SmolLM2). Deciding by tokens per
                 // row, not total rows, keeps a sequence's numerics independent of how many
                 // others share its batch.
-                Self::dense(q.dequantize(&q.device())?, None).forward(x)?
+                Self::dense(q.dequantize(&q.device())?, None).forward_plain(x)?
             }
             LinearWeight::Quant(q, mm) => match qgemv_forward(q, x)? {
                 Some(y) => y,
@@ -94,6 +112,14 @@ impl Linear {
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
+        })
+    }
+
+    /// `(out, in)`.
+    pub fn shape(&self) -> Result<(usize, usize)> {
+        Ok(match &self.weight {
+            LinearWeight::Dense(w) => w.dims2()?,
+            LinearWeight::Quant(q, _) => q.shape().dims2()?,
         })
     }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod gguf;
 pub mod kernels;
 pub mod linear;
+pub mod ops;
 pub mod rope;
 pub mod weights;
 
@@ -195,6 +196,9 @@ impl CausalLm {
             // Gemma rounds the scale to the activation dtype first.
             x = (x * (s as f32) as f64)?;
         }
+        // Without a cache (scoring, training) K and V are not stored: the cache's in-place
+        // append would also cut the autograd graph.
+        let keep_kv = cache.is_some();
         let mut local_cache;
         let cache = match cache {
             Some(c) => c,
@@ -220,9 +224,38 @@ impl CausalLm {
             } else {
                 (&global_rope, global_mask.as_ref())
             };
-            x = blk.forward(&x, rope, mask, Some(kv))?;
+            x = blk.forward(&x, rope, mask, if keep_kv { Some(kv) } else { None })?;
         }
         Ok(x)
+    }
+
+    /// The final-normed hidden states `(B, T, hidden)`: logits are these times
+    /// [`Self::output_weight`] transposed.
+    pub fn final_hidden(&self, batch: &Batch) -> Result<Tensor> {
+        on_workers(|| self.norm.forward(&self.hidden_states(batch, None)?))
+    }
+
+    /// The output projection `(vocab, hidden)` as a dense tensor.
+    pub fn output_weight(&self) -> Result<Tensor> {
+        self.lm_head.dense_weight()
+    }
+
+    /// Every block projection under its Hugging Face module name
+    /// (`model.layers.3.self_attn.q_proj`), for adapters to attach to.
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = vec![];
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut b.attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o));
+            out.push((format!("{p}.mlp.gate_proj"), &mut b.mlp.gate));
+            out.push((format!("{p}.mlp.up_proj"), &mut b.mlp.up));
+            out.push((format!("{p}.mlp.down_proj"), &mut b.mlp.down));
+        }
+        out
     }
 
     /// Every weight as a dense f32 tensor under its GGUF name (for export).

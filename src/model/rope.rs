@@ -34,10 +34,6 @@ impl RopeTable {
 
     /// Rotate `x (B, H, T, D)`.
     pub fn apply(&self, x: &Tensor, style: RopeStyle) -> Result<Tensor> {
-        let x = x.contiguous()?;
-        Ok(match style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &self.cos, &self.sin)?,
-            RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?,
-        })
+        super::ops::rope(x, &self.cos, &self.sin, style)
     }
 }

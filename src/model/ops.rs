@@ -1,0 +1,319 @@
+//! Fused ops with hand-written backward passes, used by inference and training alike.
+//!
+//! candle's fused `rms_norm`, `softmax_last_dim` and `rope` return no gradient, and a
+//! plain matmul against a frozen weight also computes (and keeps) that weight's gradient.
+//! These custom ops run one pass over the data forward and give exactly the gradients
+//! training needs. Off the CPU (CUDA) they fall back to candle's composed ops, which
+//! autograd differentiates.
+use super::config::RopeStyle;
+use super::linear::Linear;
+use crate::Result;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// The contiguous f32 data of an op's input.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fused op: input must be contiguous"),
+    }
+}
+
+/// Rows of `n` elements processed in parallel, `f(row_in, row_out)`.
+fn rows(x: &[f32], n: usize, f: impl Fn(usize, &[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(n).zip(x.par_chunks(n)).enumerate().with_min_len(16).for_each(|(i, (o, r))| f(i, r, o));
+    out
+}
+
+// ---------- RMSNorm ----------
+
+struct RmsNormOp {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "instill-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let n = w.len();
+        let y = rows(x, n, |_, r, o| {
+            let ms = r.iter().map(|v| v * v).sum::<f32>() / n as f32;
+            let inv = 1.0 / (ms + self.eps).sqrt();
+            for ((o, v), w) in o.iter_mut().zip(r).zip(w) {
+                *o = v * inv * w;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // y = w * x * r, r = (mean(x^2) + eps)^-1/2:
+        // dx = r * (g*w) - x * r^3 * mean(g*w*x), dw = sum over rows of g * x * r.
+        let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?.sqrt()?.recip()?;
+        let gw = g.broadcast_mul(w)?;
+        let dot = (&gw * x)?.mean_keepdim(D::Minus1)?;
+        let dx = (gw.broadcast_mul(&inv)? - x.broadcast_mul(&(inv.powf(3.0)? * dot)?)?)?;
+        let dw = if w.track_op() {
+            let d = w.dim(0)?;
+            Some((g * x.broadcast_mul(&inv)?)?.reshape(((), d))?.sum(0)?)
+        } else {
+            None
+        };
+        Ok((Some(dx), dw))
+    }
+}
+
+/// `x * rsqrt(mean(x^2) + eps) * w` over the last dimension.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if !x.device().is_cpu() {
+        return Ok(candle_nn::ops::rms_norm_slow(&x, w, eps as f32)?);
+    }
+    Ok(x.apply_op2_no_bwd_if(w, RmsNormOp { eps: eps as f32 })?)
+}
+
+// ---------- softmax over the last dimension ----------
+
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "instill-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let n = *l.dims().last().expect("rank >= 1");
+        let y = rows(x, n, |_, r, o| {
+            let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, v) in o.iter_mut().zip(r) {
+                *o = (v - m).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|v| *v *= inv);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, p: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // dx = p * (g - sum(g * p))
+        let dot = (g * p)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((p * g.broadcast_sub(&dot)?)?))
+    }
+}
+
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if !x.device().is_cpu() {
+        return Ok(candle_nn::ops::softmax(&x, D::Minus1)?);
+    }
+    Ok(x.apply_op1_no_bwd_if(SoftmaxOp)?)
+}
+
+// ---------- rotary embeddings ----------
+
+struct RopeOp {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+    /// Rotate the other way (the backward pass of a rotation).
+    inverse: bool,
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "instill-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let (b, h, t, d) = l.shape().dims4()?;
+        let cos = self.cos.flatten_all()?.to_vec1::<f32>()?;
+        let sin = self.sin.flatten_all()?.to_vec1::<f32>()?;
+        let half = d / 2;
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        let y = rows(x, d, |row, r, o| {
+            // row = ((bi * h + hi) * t + ti)
+            let (bi, ti) = (row / (h * t), row % t);
+            let at = (bi * t + ti) * half;
+            let (c, s) = (&cos[at..at + half], &sin[at..at + half]);
+            for i in 0..half {
+                let (ia, ib) = match self.style {
+                    RopeStyle::Halves => (i, i + half),
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (x0, x1, sn) = (r[ia], r[ib], sign * s[i]);
+                o[ia] = x0 * c[i] - x1 * sn;
+                o[ib] = x0 * sn + x1 * c[i];
+            }
+        });
+        let _ = b;
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let inv = RopeOp { cos: self.cos.clone(), sin: self.sin.clone(), style: self.style, inverse: !self.inverse };
+        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&inv)?))
+    }
+}
+
+/// Rotate `x (B, H, T, D)` by `cos, sin (B, T, D/2)`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if !x.device().is_cpu() {
+        return Ok(match style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i_slow(&x, cos, sin)?,
+            RopeStyle::Halves => candle_nn::rotary_emb::rope_slow(&x, cos, sin)?,
+        });
+    }
+    let op = RopeOp { cos: cos.clone(), sin: sin.clone(), style, inverse: false };
+    Ok(x.apply_op1_no_bwd_if(op)?)
+}
+
+// ---------- projection through a frozen weight ----------
+
+/// `x -> x W^T` where W is frozen: backward gives the input's gradient only (no GEMM
+/// and no buffer for the weight's gradient). W may stay quantized (QLoRA).
+struct FrozenLinearOp {
+    linear: Linear,
+}
+
+impl CustomOp1 for FrozenLinearOp {
+    fn name(&self) -> &'static str {
+        "instill-frozen-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = Tensor::from_slice(slice(s, l)?, l.shape(), &candle_core::Device::Cpu)?;
+        let y = self.linear.forward_plain(&x).map_err(candle_core::Error::wrap)?;
+        let shape = y.shape().clone();
+        let (storage, _) = y.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(c) => Ok((c.clone(), shape)),
+            _ => candle_core::bail!("frozen linear: expected CPU storage"),
+        }
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let w = self.linear.dense_weight().map_err(candle_core::Error::wrap)?;
+        let dims = g.dims().to_vec();
+        let out_f = dims[dims.len() - 1];
+        let gx = g.reshape(((), out_f))?.matmul(&w)?;
+        let mut shape = dims;
+        *shape.last_mut().expect("rank >= 1") = w.dim(1)?;
+        Ok(Some(gx.reshape(shape)?))
+    }
+}
+
+/// `linear(x)` where only `x` may need a gradient.
+pub fn frozen_linear(linear: &Linear, x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return linear.forward_plain(x);
+    }
+    if !x.device().is_cpu() {
+        let w = linear.dense_weight()?.detach();
+        return Linear::dense(w, linear.bias.clone()).forward_plain(x);
+    }
+    let y = x.contiguous()?.apply_op1(FrozenLinearOp { linear: Linear { weight: linear.weight.clone(), bias: None, adapter: None } })?;
+    Ok(match &linear.bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// Apply an op, recording it for backprop only when an input needs a gradient.
+trait ApplyIf {
+    fn apply_op1_no_bwd_if<C: 'static + CustomOp1 + Send + Sync>(&self, c: C) -> candle_core::Result<Tensor>;
+    fn apply_op2_no_bwd_if<C: 'static + CustomOp2 + Send + Sync>(&self, rhs: &Tensor, c: C) -> candle_core::Result<Tensor>;
+}
+
+impl ApplyIf for Tensor {
+    fn apply_op1_no_bwd_if<C: 'static + CustomOp1 + Send + Sync>(&self, c: C) -> candle_core::Result<Tensor> {
+        if self.track_op() {
+            self.apply_op1(c)
+        } else {
+            self.apply_op1_no_bwd(&c)
+        }
+    }
+
+    fn apply_op2_no_bwd_if<C: 'static + CustomOp2 + Send + Sync>(&self, rhs: &Tensor, c: C) -> candle_core::Result<Tensor> {
+        if self.track_op() || rhs.track_op() {
+            self.apply_op2(rhs, c)
+        } else {
+            self.apply_op2_no_bwd(rhs, &c)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Numerical gradient of sum(f(x) * probe) against the op's backward.
+    fn check_grad(f: impl Fn(&Tensor) -> Tensor, shape: &[usize]) {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, shape, &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, f(x.as_tensor()).shape(), &dev).unwrap();
+        let loss = (f(x.as_tensor()) * &probe).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let gx = g.get(x.as_tensor()).expect("x has a gradient").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let xs = x.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let eval = |v: &[f32]| -> f64 {
+            let t = Tensor::from_slice(v, shape, &dev).unwrap();
+            (f(&t) * &probe).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64
+        };
+        for i in (0..xs.len()).step_by(7) {
+            let (mut a, mut b) = (xs.clone(), xs.clone());
+            a[i] += 1e-2;
+            b[i] -= 1e-2;
+            let num = (eval(&a) - eval(&b)) / 2e-2;
+            assert!((num - gx[i] as f64).abs() < 2e-2 * (1.0 + num.abs()), "element {i}: numeric {num}, backward {}", gx[i]);
+        }
+    }
+
+    #[test]
+    fn fused_ops_match_candle_and_numeric_gradients() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 8), &dev).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 8, &dev).unwrap();
+        let close = |a: &Tensor, b: &Tensor| assert!(max_abs(a, b) < 1e-5);
+        close(&rms_norm(&x, &w, 1e-5).unwrap(), &candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap());
+        close(&softmax_last_dim(&x).unwrap(), &candle_nn::ops::softmax_last_dim(&x).unwrap());
+        let cos = Tensor::randn(0f32, 1.0, (2, 4, 4), &dev).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (2, 4, 4), &dev).unwrap();
+        close(&rope(&x, &cos, &sin, RopeStyle::Halves).unwrap(), &candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap());
+        close(&rope(&x, &cos, &sin, RopeStyle::Interleaved).unwrap(), &candle_nn::rotary_emb::rope_i(&x, &cos, &sin).unwrap());
+        check_grad(|t| rms_norm(t, &w, 1e-5).unwrap(), &[2, 3, 4, 8]);
+        check_grad(|t| softmax_last_dim(t).unwrap(), &[2, 3, 4, 8]);
+        let (c, s) = ((cos.sqr().unwrap() + sin.sqr().unwrap()).unwrap().sqrt().unwrap(), sin.clone());
+        let (c, s) = ((&cos / &c).unwrap(), (&s / &c).unwrap());
+        check_grad(|t| rope(t, &c, &s, RopeStyle::Halves).unwrap(), &[2, 3, 4, 8]);
+        check_grad(|t| rope(t, &c, &s, RopeStyle::Interleaved).unwrap(), &[2, 3, 4, 8]);
+        let lw = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
+        let lin = Linear::dense(lw, None);
+        check_grad(|t| frozen_linear(&lin, t).unwrap(), &[2, 3, 4, 8]);
+    }
+
+    #[test]
+    fn rms_norm_weight_gradient() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 6), &dev).unwrap();
+        let w = Var::randn(1f32, 0.1, 6, &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (3, 6), &dev).unwrap();
+        let ours = (rms_norm(&x, w.as_tensor(), 1e-5).unwrap() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let slow = (candle_nn::ops::rms_norm_slow(&x, w.as_tensor(), 1e-5).unwrap() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_abs(ours.get(w.as_tensor()).unwrap(), slow.get(w.as_tensor()).unwrap()) < 1e-5);
+    }
+}
