@@ -8,8 +8,10 @@ pub mod decode;
 pub mod error;
 pub mod hub;
 pub mod model;
+pub mod peft;
 pub mod plot;
 pub mod tokenizer;
+pub mod train;
 pub use tokenizer::Tokenizer;
 
 pub use error::{Error, Result};

@@ -241,21 +241,33 @@ impl CausalLm {
     }
 
     /// Every block projection under its Hugging Face module name
-    /// (`model.layers.3.self_attn.q_proj`), for adapters to attach to.
-    pub fn projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
+    /// (`model.layers.3.self_attn.q_proj`) and its GGUF weight name (`blk.3.attn_q.weight`),
+    /// for adapters to attach to.
+    pub fn projections_mut(&mut self) -> Vec<Projection<'_>> {
         let mut out = vec![];
         for (i, b) in self.blocks.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
             let a = &mut b.attn;
-            out.push((format!("{p}.self_attn.q_proj"), &mut a.q));
-            out.push((format!("{p}.self_attn.k_proj"), &mut a.k));
-            out.push((format!("{p}.self_attn.v_proj"), &mut a.v));
-            out.push((format!("{p}.self_attn.o_proj"), &mut a.o));
-            out.push((format!("{p}.mlp.gate_proj"), &mut b.mlp.gate));
-            out.push((format!("{p}.mlp.up_proj"), &mut b.mlp.up));
-            out.push((format!("{p}.mlp.down_proj"), &mut b.mlp.down));
+            let m = &mut b.mlp;
+            let named = [
+                ("self_attn.q_proj", "attn_q", &mut a.q),
+                ("self_attn.k_proj", "attn_k", &mut a.k),
+                ("self_attn.v_proj", "attn_v", &mut a.v),
+                ("self_attn.o_proj", "attn_output", &mut a.o),
+                ("mlp.gate_proj", "ffn_gate", &mut m.gate),
+                ("mlp.up_proj", "ffn_up", &mut m.up),
+                ("mlp.down_proj", "ffn_down", &mut m.down),
+            ];
+            for (hf, gguf, linear) in named {
+                out.push(Projection { module: format!("model.layers.{i}.{hf}"), gguf: format!("blk.{i}.{gguf}.weight"), linear });
+            }
         }
         out
+    }
+
+    /// A projection's `(out, ...)` tensor between this model's row order and Hugging
+    /// Face's (llama's GGUF q/k rows are permuted for RoPE on adjacent pairs).
+    pub fn rows_to_hf(&self, gguf: &str, t: Tensor, to_hf: bool) -> Result<Tensor> {
+        self.arch.convert(gguf, t, &self.config, to_hf)
     }
 
     /// Every weight as a dense f32 tensor under its GGUF name (for export).
@@ -311,6 +323,13 @@ impl CausalLm {
         }
         counts.iter().map(|(k, v)| format!("{v}x{k}")).collect::<Vec<_>>().join(", ")
     }
+}
+
+/// One block projection with its names (see [`CausalLm::projections_mut`]).
+pub struct Projection<'a> {
+    pub module: String,
+    pub gguf: String,
+    pub linear: &'a mut Linear,
 }
 
 /// Run `f` on a rayon worker thread. Parallel kernels called from a worker join by

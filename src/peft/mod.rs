@@ -1,0 +1,36 @@
+//! Parameter-efficient and partial tuning methods, one file each, behind [`Adapter`].
+pub mod lora;
+
+use crate::Result;
+use candle_core::Var;
+use std::path::Path;
+
+/// A tuning method attached to a model: what it trains and how it is saved.
+pub trait Adapter {
+    /// The method's name in recipes (`lora`, `qlora`, ...).
+    fn method(&self) -> &'static str;
+    /// Every trainable tensor, under the name it is saved with.
+    fn trainable(&self) -> Vec<(String, Var)>;
+    /// Switch dropout and other training-only behaviour.
+    fn set_training(&self, on: bool);
+    /// Write the adapter to `dir` (created; files replaced atomically), in the layout
+    /// Hugging Face tools read.
+    fn save(&self, model: &crate::CausalLm, dir: &Path) -> Result<()>;
+}
+
+/// Write `bytes` to `path` through a temp file and a rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("partial.{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| crate::Error::file(&tmp, e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| crate::Error::file(path, e.to_string()))?;
+    Ok(())
+}
+
+/// Save named tensors as safetensors, atomically.
+pub(crate) fn save_tensors(path: &Path, tensors: &[(String, candle_core::Tensor)]) -> Result<()> {
+    let tmp = path.with_extension(format!("partial.{}", std::process::id()));
+    let map: std::collections::HashMap<String, candle_core::Tensor> = tensors.iter().cloned().collect();
+    candle_core::safetensors::save(&map, &tmp).map_err(|e| crate::Error::file(&tmp, e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| crate::Error::file(path, e.to_string()))?;
+    Ok(())
+}

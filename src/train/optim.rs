@@ -1,0 +1,81 @@
+//! AdamW (Loshchilov & Hutter) with decoupled weight decay, in f32 with the same
+//! operation order as `torch.optim.AdamW`, so trajectories match PyTorch's.
+use crate::Result;
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamWConfig {
+    #[serde(default = "b1")]
+    pub beta1: f64,
+    #[serde(default = "b2")]
+    pub beta2: f64,
+    #[serde(default = "eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+fn b1() -> f64 {
+    0.9
+}
+fn b2() -> f64 {
+    0.999
+}
+fn eps() -> f64 {
+    1e-8
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { beta1: b1(), beta2: b2(), eps: eps(), weight_decay: 0.0 }
+    }
+}
+
+/// Moments of one parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Moments {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+pub struct AdamW {
+    pub config: AdamWConfig,
+    pub params: Vec<Var>,
+    pub state: Vec<Moments>,
+    /// Steps taken so far.
+    pub t: u64,
+}
+
+impl AdamW {
+    pub fn new(params: Vec<Var>, config: AdamWConfig) -> Self {
+        let state = params.iter().map(|p| Moments { m: vec![0.0; p.elem_count()], v: vec![0.0; p.elem_count()] }).collect();
+        AdamW { config, params, state, t: 0 }
+    }
+
+    /// One update with learning rate `lr`; `grads[i]` belongs to `params[i]`.
+    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+        self.t += 1;
+        let c = self.config;
+        let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+        let bc1 = 1.0 - c.beta1.powi(self.t as i32);
+        let bc2_sqrt = (1.0 - c.beta2.powi(self.t as i32)).sqrt() as f32;
+        let step_size = (lr / bc1) as f32;
+        let decay = (1.0 - lr * c.weight_decay) as f32;
+        let eps = c.eps as f32;
+        for ((p, g), st) in self.params.iter().zip(grads).zip(&mut self.state) {
+            let mut w = p.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let g = g.flatten_all()?.to_vec1::<f32>()?;
+            for (((w, g), m), v) in w.iter_mut().zip(&g).zip(&mut st.m).zip(&mut st.v) {
+                *w *= decay;
+                *m = *m * b1 + (1.0 - b1) * g;
+                *v = *v * b2 + (1.0 - b2) * g * g;
+                let denom = v.sqrt() / bc2_sqrt + eps;
+                *w -= step_size * (*m / denom);
+            }
+            p.set(&Tensor::from_vec(w, p.shape(), p.device())?)?;
+        }
+        Ok(())
+    }
+}
