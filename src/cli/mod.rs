@@ -7,6 +7,7 @@ mod export;
 mod fetch;
 mod generate;
 mod inspect;
+mod sft;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -36,6 +37,8 @@ enum Cmd {
     /// Instruction data: check, convert, render.
     #[command(subcommand)]
     Data(data::DataCmd),
+    /// Supervised fine-tuning (LoRA / QLoRA) from a recipe; resumable.
+    Sft(sft::SftArgs),
     /// Write a model as a Hugging Face directory (config.json, safetensors, tokenizer).
     Export(export::ExportArgs),
     /// Measure speed against the peers (llama.cpp, PyTorch) in the same run.
@@ -83,6 +86,7 @@ pub fn run() -> Result<()> {
         Cmd::Generate(a) => generate::run(a),
         Cmd::Chat(a) => chat::run(a),
         Cmd::Export(a) => export::run(a),
+        Cmd::Sft(a) => sft::run(a),
         Cmd::Data(d) => data::run(d),
         Cmd::Bench(b) => bench::run(b),
     }

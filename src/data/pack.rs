@@ -41,18 +41,24 @@ pub fn padded(examples: &[Rendered], pad: u32) -> Rows {
 }
 
 fn rows(examples: &[Rendered], groups: Vec<Vec<usize>>, pad: u32) -> Rows {
-    let width = groups.iter().map(|g| g.iter().map(|&i| examples[i].ids.len()).sum::<usize>()).max().unwrap_or(0);
+    rows_from(groups, pad, |i| (&examples[i].ids, &examples[i].mask))
+}
+
+/// Rows from groups of sequences: `seq(i)` gives sequence `i`'s ids and loss mask; each
+/// group becomes one row (its sequences packed), right-padded with `pad`.
+pub fn rows_from<'a>(groups: Vec<Vec<usize>>, pad: u32, seq: impl Fn(usize) -> (&'a [u32], &'a [bool])) -> Rows {
+    let width = groups.iter().map(|g| g.iter().map(|&i| seq(i).0.len()).sum::<usize>()).max().unwrap_or(0);
     let mut out = Rows { batch: Batch { tokens: vec![], positions: vec![], segments: vec![], valid: vec![] }, targets: vec![], examples: vec![] };
     for g in groups {
         let (mut toks, mut pos, mut seg, mut valid, mut tgt) = (vec![], vec![], vec![], vec![], vec![]);
         for (s, &i) in g.iter().enumerate() {
-            let e = &examples[i];
-            toks.extend_from_slice(&e.ids);
-            pos.extend(0..e.ids.len() as u32);
-            seg.extend(std::iter::repeat_n(s as u32, e.ids.len()));
-            valid.extend(std::iter::repeat_n(true, e.ids.len()));
+            let (ids, mask) = seq(i);
+            toks.extend_from_slice(ids);
+            pos.extend(0..ids.len() as u32);
+            seg.extend(std::iter::repeat_n(s as u32, ids.len()));
+            valid.extend(std::iter::repeat_n(true, ids.len()));
             // A segment's first token has nothing before it in its own example to predict it from.
-            tgt.extend(e.mask.iter().enumerate().map(|(j, &m)| m && j > 0));
+            tgt.extend(mask.iter().enumerate().map(|(j, &m)| m && j > 0));
         }
         let fill = width - toks.len();
         toks.extend(std::iter::repeat_n(pad, fill));

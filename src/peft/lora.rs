@@ -247,6 +247,13 @@ impl Adapter for Lora {
         self.training.store(on, Ordering::Relaxed);
     }
 
+    fn begin_step(&self, seed: u64, step: u64) {
+        for (i, (_, l)) in self.layers.iter().enumerate() {
+            let s = seed ^ step.wrapping_mul(0xA076_1D64_78BD_642F) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            *l.rng.lock().expect("dropout rng") = StdRng::seed_from_u64(s);
+        }
+    }
+
     fn save(&self, model: &CausalLm, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e.to_string()))?;
         let tensors = self.peft_tensors(model, |v| Ok(v.as_tensor().clone()))?;

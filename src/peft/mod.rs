@@ -13,6 +13,9 @@ pub trait Adapter {
     fn trainable(&self) -> Vec<(String, Var)>;
     /// Switch dropout and other training-only behaviour.
     fn set_training(&self, on: bool);
+    /// Re-seed any randomness (dropout) for optimiser step `step`, so a resumed run
+    /// draws exactly what an uninterrupted one would.
+    fn begin_step(&self, seed: u64, step: u64);
     /// Write the adapter to `dir` (created; files replaced atomically), in the layout
     /// Hugging Face tools read.
     fn save(&self, model: &crate::CausalLm, dir: &Path) -> Result<()>;

@@ -6,8 +6,8 @@ use crate::model::CausalLm;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-/// Rows per chunk of logits.
-const CHUNK: usize = 256;
+/// Rows per chunk of logits (128 x 49,152 f32 is 25 MB; 32 and 256 measured no faster).
+const CHUNK: usize = 128;
 
 /// Sum of the negative log-likelihoods of every target token in `rows`, and how many
 /// targets there were. Divide by the number of targets of the whole (accumulated)

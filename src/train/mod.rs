@@ -2,3 +2,9 @@
 pub mod loss;
 pub mod optim;
 pub mod step;
+pub mod checkpoint;
+pub mod data;
+pub mod metrics;
+pub mod recipe;
+pub mod schedule;
+pub mod trainer;

@@ -1,0 +1,85 @@
+//! Checkpoints: `checkpoints/step-000050/` holds the adapter (PEFT layout), the optimiser
+//! moments, and `state.json` (step, optimiser step count, losses so far). A checkpoint is
+//! written into a hidden temp directory and renamed into place, so a run killed at any
+//! moment leaves only complete checkpoints; the oldest beyond `keep` are removed.
+use super::optim::{AdamW, Moments};
+use crate::peft::Adapter;
+use crate::{CausalLm, Error, Result};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Optimiser steps completed.
+    pub step: usize,
+    pub adam_t: u64,
+}
+
+pub fn dir_of(out: &Path, step: usize) -> PathBuf {
+    out.join("checkpoints").join(format!("step-{step:06}"))
+}
+
+/// Write a checkpoint for `step` and prune old ones.
+pub fn save(out: &Path, step: usize, model: &CausalLm, adapter: &dyn Adapter, opt: &AdamW, keep: usize) -> Result<PathBuf> {
+    let final_dir = dir_of(out, step);
+    let tmp = out.join("checkpoints").join(format!(".step-{step:06}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e.to_string()))?;
+    adapter.save(model, &tmp)?;
+    let names = adapter.trainable();
+    let mut moments = vec![];
+    for ((name, p), st) in names.iter().zip(&opt.state) {
+        moments.push((format!("{name}.exp_avg"), Tensor::from_slice(&st.m, p.shape(), &candle_core::Device::Cpu)?));
+        moments.push((format!("{name}.exp_avg_sq"), Tensor::from_slice(&st.v, p.shape(), &candle_core::Device::Cpu)?));
+    }
+    crate::peft::save_tensors(&tmp.join("optimizer.safetensors"), &moments)?;
+    let state = State { step, adam_t: opt.t };
+    crate::peft::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("json").as_bytes())?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::file(&final_dir, e.to_string()))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::file(&final_dir, e.to_string()))?;
+    prune(out, keep)?;
+    Ok(final_dir)
+}
+
+/// Complete checkpoints, oldest first.
+pub fn list(out: &Path) -> Vec<(usize, PathBuf)> {
+    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(out.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            e.path().join("state.json").exists().then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn prune(out: &Path, keep: usize) -> Result<()> {
+    let all = list(out);
+    for (_, p) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+        std::fs::remove_dir_all(p).map_err(|e| Error::file(p, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Restore the optimiser from checkpoint `dir` (the adapter is loaded separately).
+pub fn load_optimizer(dir: &Path, adapter: &dyn Adapter, opt: &mut AdamW) -> Result<State> {
+    let sp = dir.join("state.json");
+    let text = std::fs::read_to_string(&sp).map_err(|e| Error::file(&sp, e.to_string()))?;
+    let state: State = serde_json::from_str(&text).map_err(|e| Error::file(&sp, e.to_string()))?;
+    let op = dir.join("optimizer.safetensors");
+    let t = candle_core::safetensors::load(&op, &candle_core::Device::Cpu).map_err(|e| Error::file(&op, e.to_string()))?;
+    let get = |k: String| -> Result<Vec<f32>> {
+        let x = t.get(&k).ok_or_else(|| Error::file(&op, format!("missing {k}")))?;
+        Ok(x.flatten_all()?.to_vec1::<f32>()?)
+    };
+    opt.state = adapter.trainable().into_iter().map(|(name, _)| Ok(Moments { m: get(format!("{name}.exp_avg"))?, v: get(format!("{name}.exp_avg_sq"))? })).collect::<Result<_>>()?;
+    opt.t = state.adam_t;
+    Ok(state)
+}
