@@ -45,6 +45,7 @@ fn lora_loss_gradients_and_adamw_trajectory_match_peft() {
     let (mut model, _) = common::load("smollm2-135m-instruct", true);
     let lora = Lora::load(&mut model, &common::fixture("lora")).unwrap();
     assert_eq!(lora.layers.len(), 30 * 3, "q_proj, v_proj, down_proj in 30 blocks");
+    lora.set_training(true);
     let (rows, b) = fixture_rows();
     let named = lora.trainable();
     let params: Vec<_> = named.iter().map(|(_, v)| v.clone()).collect();
@@ -98,4 +99,40 @@ fn lora_loss_gradients_and_adamw_trajectory_match_peft() {
     let all = (diff / norm).sqrt();
     eprintln!("whole 3-step update: relative L2 difference {all:.2e}; worst gradient {:.2e} ({})", worst.0, worst.1);
     assert!(all < 5e-3, "the whole 3-step update differs from PyTorch's by {all:.2e} (relative L2)");
+}
+
+#[test]
+fn adapters_round_trip_in_peft_layout_and_merge_to_equal_logits() {
+    let (mut model, _) = common::load("smollm2-135m-instruct", true);
+    let lora = Lora::load(&mut model, &common::fixture("lora")).unwrap();
+    // Saved again, the adapter has PEFT's keys and the same values.
+    let dir = common::tmpdir("lora-save");
+    lora.save(&model, &dir).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let ours = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &dev).unwrap();
+    let theirs = candle_core::safetensors::load(common::fixture("lora/adapter_model.safetensors"), &dev).unwrap();
+    let mut keys: Vec<_> = ours.keys().collect();
+    keys.sort();
+    let mut want: Vec<_> = theirs.keys().collect();
+    want.sort();
+    assert_eq!(keys, want);
+    for (k, t) in &theirs {
+        assert_eq!(common::max_abs_diff(&ours[k], t), 0.0, "{k}");
+    }
+    // `export --merge` writes a plain HF model whose logits equal base + adapter.
+    let (rows, _) = fixture_rows();
+    let with_adapter = model.forward(&rows.batch, None, instill::model::LogitsFor::All).unwrap();
+    let out = common::tmpdir("lora-merged");
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_instill"))
+        .args(["export", "-m", "smollm2-135m-instruct", "--adapter"])
+        .arg(common::fixture("lora"))
+        .args(["--merge", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let merged = instill::CausalLm::load(&instill::hub::ModelSource::HfDir(out.clone()), &Default::default()).unwrap();
+    let logits = merged.forward(&rows.batch, None, instill::model::LogitsFor::All).unwrap();
+    let d = common::max_abs_diff(&logits, &with_adapter);
+    assert!(d < 1e-3, "merged model's logits differ from base + adapter by {d}");
 }

@@ -5,8 +5,13 @@ use instill::model::weights::save_hf_dir;
 
 #[derive(Args)]
 pub struct ExportArgs {
+    /// A training run directory: its model with its adapter (use with --merge).
+    run: Option<std::path::PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
+    /// Fold the adapter into the weights (W + scale * B A) and write a plain model.
+    #[arg(long)]
+    merge: bool,
     /// Output directory (written atomically).
     #[arg(long)]
     out: std::path::PathBuf,
@@ -25,7 +30,23 @@ pub fn run(a: ExportArgs) -> Result<()> {
         "f16" => candle_core::DType::F16,
         d => bail!("--dtype {d:?}: expected f32, bf16 or f16"),
     };
-    let (model, tok) = a.model.load()?;
+    let mut margs = a.model.clone();
+    if let Some(run) = &a.run {
+        let recipe = instill::train::recipe::Recipe::load(&run.join("recipe.yaml"), &[])?;
+        margs.model = recipe.model;
+        margs.adapter = Some(run.join("adapter"));
+    }
+    if margs.adapter.is_some() && !a.merge {
+        bail!("an adapter is exported merged into the weights: pass --merge (the adapter directory itself is already in PEFT's layout)");
+    }
+    if a.merge && margs.adapter.is_none() {
+        bail!("--merge needs an adapter: a run directory or --adapter DIR");
+    }
+    let adapter = margs.adapter.take();
+    let (mut model, tok) = margs.load()?;
+    if let Some(dir) = adapter {
+        instill::peft::lora::Lora::load(&mut model, &dir)?.merge_into(&mut model)?;
+    }
     let tokenizer_json = serde_json::to_vec(&tok.json)?;
     let mut tcfg = serde_json::json!({
         "bos_token": tok.token_string(tok.bos_id),

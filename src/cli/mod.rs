@@ -55,6 +55,9 @@ pub struct ModelArgs {
     /// Dequantize GGUF weights to f32 (reference numerics; slower, more memory).
     #[arg(long)]
     pub dequantize: bool,
+    /// A LoRA adapter directory (PEFT layout, e.g. runs/NAME/adapter) applied on top.
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
@@ -68,7 +71,10 @@ impl ModelArgs {
     pub fn load(&self) -> Result<(CausalLm, Tokenizer)> {
         let source = hub::resolve(&self.model, true)?;
         let opts = LoadOptions { dequantize: self.dequantize, ..Default::default() };
-        let model = CausalLm::load(&source, &opts)?;
+        let mut model = CausalLm::load(&source, &opts)?;
+        if let Some(dir) = &self.adapter {
+            instill::peft::lora::Lora::load(&mut model, dir)?;
+        }
         let tok = Tokenizer::load(&source)?;
         Ok((model, tok))
     }

@@ -85,11 +85,14 @@ impl Delta for LoraLayer {
         let dims = x.dims().to_vec();
         let in_f = dims[dims.len() - 1];
         let mut x = x.reshape(((), in_f))?;
-        if self.dropout > 0.0 && self.training.load(Ordering::Relaxed) {
+        let training = self.training.load(Ordering::Relaxed);
+        if self.dropout > 0.0 && training {
             let mask = self.dropout_mask(x.dims2()?)?;
             x = (x * mask)?;
         }
-        let y = (x.matmul(&self.a.as_tensor().t()?)?.matmul(&self.b.as_tensor().t()?)? * self.scale)?;
+        // Outside training the weights are plain tensors: no autograd graph is built.
+        let (a, b) = if training { (self.a.as_tensor().clone(), self.b.as_tensor().clone()) } else { (self.a.as_tensor().detach(), self.b.as_tensor().detach()) };
+        let y = (x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?;
         let mut shape = dims;
         *shape.last_mut().expect("rank >= 1") = self.b.dim(0)?;
         Ok(y.reshape(shape)?)
