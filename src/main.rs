@@ -5,7 +5,17 @@ mod cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (index 15 in both its v2 and v3 option enums).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // Training frees and re-allocates the same large activation buffers every step; by
+    // default mimalloc hands freed pages back to the OS after 10 ms and they return as
+    // zeroed page faults (14-21% of a LoRA step in perf). Keep them instead.
+    // SAFETY: setting an allocator option; no allocation is in flight here.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+    }
     // Piped into `head` and the like: end quietly on a closed pipe, as Unix tools do,
     // instead of panicking on the next print.
     #[cfg(unix)]

@@ -52,6 +52,15 @@ fn lora_loss_gradients_and_adamw_trajectory_match_peft() {
 
     let out = loss_and_grads(&model, std::slice::from_ref(&rows), &params).unwrap();
     let want = b["loss"].as_f64().unwrap();
+    // Gradient checkpointing (blocks recomputed in the backward pass) changes nothing.
+    model.checkpointing = true;
+    let ck = loss_and_grads(&model, std::slice::from_ref(&rows), &params).unwrap();
+    model.checkpointing = false;
+    assert!((ck.loss - out.loss).abs() < 1e-6, "checkpointed loss {} vs {}", ck.loss, out.loss);
+    for ((name, _), (a, b)) in named.iter().zip(ck.grads.iter().zip(&out.grads)) {
+        let e = rel_err(a, b);
+        assert!(e < 1e-5, "{name}: checkpointed gradient differs by {e:.2e}");
+    }
     assert!((out.loss - want).abs() < 2e-4, "loss {} vs PEFT {want}", out.loss);
 
     let reference = candle_core::safetensors::load(common::fixture("lora/grads.safetensors"), &candle_core::Device::Cpu).unwrap();

@@ -12,6 +12,8 @@ pub enum BenchCmd {
     Generate(GenBench),
     /// Read + render + tokenize examples/s against Hugging Face datasets.map.
     Data(super::bench_data::DataBench),
+    /// LoRA / QLoRA training tokens/s and peak memory against PyTorch + PEFT.
+    Train(super::bench_train::TrainBench),
 }
 
 #[derive(Args)]
@@ -36,6 +38,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
     let a = match b {
         BenchCmd::Generate(a) => a,
         BenchCmd::Data(d) => return super::bench_data::run(d),
+        BenchCmd::Train(t) => return super::bench_train::run(t),
     };
     let threads = rayon::current_num_threads();
     let bw = memory_read_bandwidth(threads);

@@ -126,6 +126,14 @@ impl Block {
     }
 }
 
+impl Block {
+    /// The trainable tensors of this block's adapters.
+    pub fn adapter_params(&self) -> Vec<Tensor> {
+        let a = &self.attn;
+        [&a.q, &a.k, &a.v, &a.o, &self.mlp.gate, &self.mlp.up, &self.mlp.down].iter().filter_map(|l| l.adapter.as_ref()).flat_map(|d| d.params()).collect()
+    }
+}
+
 fn maybe_norm(n: &Option<RmsNorm>, x: Tensor) -> Result<Tensor> {
     match n {
         Some(n) => n.forward(&x),

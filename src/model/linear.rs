@@ -25,6 +25,8 @@ pub struct Linear {
 /// Something added to a projection's output: `y = base(x) + delta(x)`.
 pub trait Delta: std::fmt::Debug + Send + Sync {
     fn delta(&self, x: &Tensor) -> Result<Tensor>;
+    /// Its trainable tensors (gradient checkpointing differentiates them block by block).
+    fn params(&self) -> Vec<Tensor>;
 }
 
 /// Quantized products on the CPU run on our rayon pool: Q4_1, Q5_0 and Q8_0 through our

@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod kernels;
 pub mod linear;
 pub mod ops;
+pub mod recompute;
 pub mod rope;
 pub mod weights;
 
@@ -20,7 +21,7 @@ use crate::{Error, Result};
 use arch::Architecture;
 use block::{new_attention, Attention, Block, Mlp, RmsNorm};
 use candle_core::quantized::QTensor;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use linear::Linear;
 use rope::RopeTable;
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub struct CausalLm {
     norm: RmsNorm,
     lm_head: Linear,
     pub device: Device,
+    /// Recompute each block in the backward pass instead of keeping its activations.
+    pub checkpointing: bool,
 }
 
 impl CausalLm {
@@ -145,6 +148,7 @@ impl CausalLm {
             blocks,
             lm_head,
             device: opts.device.clone(),
+            checkpointing: false,
         })
     }
 
@@ -224,7 +228,16 @@ impl CausalLm {
             } else {
                 (&global_rope, global_mask.as_ref())
             };
-            x = blk.forward(&x, rope, mask, if keep_kv { Some(kv) } else { None })?;
+            x = if self.checkpointing && !keep_kv {
+                // The first block's input must be tracked for the recomputing op to be
+                // part of the graph at all (embeddings are frozen).
+                if !x.track_op() {
+                    x = Var::from_tensor(&x)?.as_tensor().clone();
+                }
+                recompute::block_forward(blk, &x, rope, mask)?
+            } else {
+                blk.forward(&x, rope, mask, if keep_kv { Some(kv) } else { None })?
+            };
         }
         Ok(x)
     }

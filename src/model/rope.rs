@@ -4,6 +4,7 @@ use crate::Result;
 use candle_core::{Device, Tensor};
 
 /// cos/sin of shape `(B, T, head_dim/2)` for the given positions.
+#[derive(Debug, Clone)]
 pub struct RopeTable {
     pub cos: Tensor,
     pub sin: Tensor,

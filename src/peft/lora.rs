@@ -81,6 +81,10 @@ pub struct LoraLayer {
 }
 
 impl Delta for LoraLayer {
+    fn params(&self) -> Vec<Tensor> {
+        vec![self.a.as_tensor().clone(), self.b.as_tensor().clone()]
+    }
+
     fn delta(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_f = dims[dims.len() - 1];

@@ -56,6 +56,9 @@ pub struct Recipe {
     pub batch_size: usize,
     #[serde(default = "one")]
     pub grad_accum: usize,
+    /// Recompute each block in the backward pass: far less memory, one more forward.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// Clip the global gradient norm (0: off).
     #[serde(default = "one_f")]
     pub max_grad_norm: f64,

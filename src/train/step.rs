@@ -35,11 +35,13 @@ pub fn loss_and_grads(model: &CausalLm, micro: &[Rows], params: &[Var]) -> Resul
         let mean_part = (sum / total as f64)?;
         loss += mean_part.to_scalar::<f32>()? as f64;
         let g = crate::model::on_workers(|| mean_part.backward())?;
+        // Gradients found inside recomputed blocks (gradient checkpointing).
+        let mut extra = crate::model::recompute::take_extra_grads();
         for (acc, p) in grads.iter_mut().zip(params) {
-            if let Some(gp) = g.get(p.as_tensor()) {
+            for gp in g.get(p.as_tensor()).cloned().into_iter().chain(extra.remove(&p.as_tensor().id())) {
                 *acc = Some(match acc.take() {
                     Some(a) => (a + gp)?,
-                    None => gp.clone(),
+                    None => gp,
                 });
             }
         }

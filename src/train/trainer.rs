@@ -49,6 +49,7 @@ pub fn train(recipe: &Recipe, resume: bool, on_step: OnStep) -> Result<Report> {
     let mut model = CausalLm::load(&source, &LoadOptions { dequantize: recipe.dequantize, ..Default::default() })?;
     let tok = Tokenizer::load(&source)?;
     let tmpl = tok.template(recipe.template.as_deref())?;
+    model.checkpointing = recipe.gradient_checkpointing;
     let (train_set, val_set, _) = load(recipe, &tok, &tmpl)?;
 
     let latest = if resume { checkpoint::list(&out).pop() } else { None };

@@ -1,0 +1,175 @@
+//! `instill bench train`: LoRA (and QLoRA) training steps of SmolLM2-135M at batch 4 x 256
+//! tokens, tokens/s and peak RSS, next to PyTorch + PEFT (../shared/bench/peers/
+//! sft_lora_torch.py) on the same CPU in the same run, plus model-FLOPs utilisation
+//! against this machine's measured f32 matmul rate. Each configuration runs in its own
+//! process so peak RSS is its own.
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use instill::data::pack::rows_from;
+use instill::peft::{lora::{Lora, LoraConfig}, Adapter};
+use instill::train::optim::{AdamW, AdamWConfig};
+use instill::train::step::loss_and_grads;
+use rand::{Rng, SeedableRng};
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct TrainBench {
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Timed steps (after 2 untimed).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Python with torch, transformers, peft, gguf for the peer; `none` skips it.
+    #[arg(long, env = "INSTILL_PEER_PYTHON", default_value = "/tmp/ref-venv/bin/python")]
+    peer_python: String,
+    /// The peer script (from ../shared/bench/peers).
+    #[arg(long, default_value = "../shared/bench/peers/sft_lora_torch.py")]
+    peer_script: std::path::PathBuf,
+    /// Internal: run one configuration and print JSON.
+    #[arg(long, hide = true)]
+    worker: Option<String>,
+}
+
+/// Forward FLOPs per token of SmolLM2-135M: 2 x matmul parameters + attention (QK^T, PV).
+fn forward_flops_per_token(m: &instill::CausalLm, seq: usize) -> f64 {
+    let c = &m.config;
+    let per_layer = c.hidden_size * c.num_heads * c.head_dim * 2 + c.hidden_size * c.num_kv_heads * c.head_dim * 2 + 3 * c.hidden_size * c.intermediate_size;
+    let matmul = (per_layer * c.num_layers + c.vocab_size * c.hidden_size) as f64;
+    2.0 * matmul + 4.0 * (c.num_layers * seq * c.num_heads * c.head_dim) as f64
+}
+
+fn peak_rss_mib() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    u.ru_maxrss as f64 / 1024.0
+}
+
+/// One configuration: `lora` (f32 base) or `qlora` (Q4_1 base kept quantized).
+fn worker(a: &TrainBench, mode: &str) -> Result<serde_json::Value> {
+    let source = instill::hub::resolve("smollm2-135m-instruct", true)?;
+    let (dequantize, checkpointing) = match mode {
+        "lora" => (true, false),
+        "qlora" => (false, false),
+        "lora-gc" => (true, true),
+        "qlora-gc" => (false, true),
+        m => bail!("unknown mode {m}"),
+    };
+    let mut model = instill::CausalLm::load(&source, &instill::LoadOptions { dequantize, ..Default::default() })?;
+    model.checkpointing = checkpointing;
+    // The peer's LoRA: r 8, alpha 16, every projection, no dropout; loss on every token.
+    let cfg = LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, target_modules: vec!["all-linear".into()], rslora: false };
+    let lora = Lora::attach(&mut model, &cfg, 0)?;
+    lora.set_training(true);
+    let params: Vec<_> = lora.trainable().into_iter().map(|(_, v)| v).collect();
+    let mut opt = AdamW::new(params.clone(), AdamWConfig::default());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let vocab = model.config.vocab_size as u32;
+    let seqs: Vec<(Vec<u32>, Vec<bool>)> = (0..a.batch).map(|_| ((0..a.seq).map(|_| rng.gen_range(0..vocab)).collect(), vec![true; a.seq])).collect();
+    let rows = rows_from((0..a.batch).map(|i| vec![i]).collect(), 0, |i| (&seqs[i].0, &seqs[i].1));
+    let mut times = vec![];
+    let mut losses = vec![];
+    for i in 0..a.steps + 2 {
+        let t = Instant::now();
+        let g = loss_and_grads(&model, std::slice::from_ref(&rows), &params)?;
+        opt.step(&g.grads, 2e-4)?;
+        losses.push(g.loss);
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let per_step = times.iter().sum::<f64>() / times.len() as f64;
+    let tokens = (a.batch * a.seq) as f64;
+    // LoRA's backward computes input gradients only: about one more forward's worth.
+    // (Model FLOPs: recomputation under checkpointing is not counted, as MFU usually is.)
+    let flops_per_token = 2.0 * forward_flops_per_token(&model, a.seq);
+    Ok(serde_json::json!({
+        "mode": mode, "tokens_per_s": tokens / per_step, "s_per_step": per_step,
+        "s_per_step_min": times.iter().copied().fold(f64::INFINITY, f64::min),
+        "peak_rss_mib": peak_rss_mib(), "flops_per_token": flops_per_token,
+        "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
+    }))
+}
+
+/// This machine's f32 GEMM rate through candle at a training-sized shape (best of 5).
+fn matmul_rate() -> Result<f64> {
+    use candle_core::{Device, Tensor};
+    let (m, k, n) = (1024, 576, 1536);
+    let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..5 {
+            a.matmul(&b)?;
+        }
+        best = best.max(5.0 * 2.0 * (m * k * n) as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+pub fn run(a: TrainBench) -> Result<()> {
+    if let Some(mode) = &a.worker {
+        let r = instill::model::on_workers(|| worker(&a, mode))?;
+        println!("{r}");
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let threads = rayon::current_num_threads();
+    let ours = |mode: &str| -> Result<serde_json::Value> {
+        let out = Command::new(&exe)
+            .args(["--threads", &threads.to_string(), "bench", "train", "--worker", mode])
+            .args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string(), "--steps", &a.steps.to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!("instill {mode} worker failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let peer = |full: bool| -> Result<Option<serde_json::Value>> {
+        if a.peer_python == "none" {
+            return Ok(None);
+        }
+        let gguf = instill::hub::resolve("smollm2-135m-instruct", true)?;
+        let dir = gguf.path().parent().context("model directory")?.to_path_buf();
+        let mut c = Command::new(&a.peer_python);
+        c.arg(&a.peer_script).args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string(), "--steps", &a.steps.to_string(), "--threads", &threads.to_string()]);
+        if full {
+            c.arg("--full");
+        }
+        let out = c.env("PEERS_MODEL_DIR", dir).output().with_context(|| format!("running {}", a.peer_script.display()))?;
+        if !out.status.success() {
+            bail!("PyTorch peer failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+        Ok(Some(serde_json::from_str(&line)?))
+    };
+    let rate = matmul_rate()?;
+    println!("threads {threads}; batch {} x {} tokens; f32 matmul rate here (candle, 1024x576x1536): {:.0} GFLOP/s", a.batch, a.seq, rate / 1e9);
+    println!("| run | tokens/s | peak RSS MiB | MFU | vs PyTorch+PEFT LoRA tokens/s | vs its peak RSS |");
+    println!("|---|---|---|---|---|---|");
+    let torch_lora = peer(false)?;
+    let (t_rate, t_rss) = torch_lora.as_ref().map_or((f64::NAN, f64::NAN), |p| (p["tokens_per_s"].as_f64().unwrap_or(f64::NAN), p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)));
+    if torch_lora.is_some() {
+        println!("| PyTorch+PEFT LoRA (fp32) | {t_rate:.0} | {t_rss:.0} | - | 1.00x | 1.00x |");
+    }
+    for mode in ["lora", "qlora", "lora-gc", "qlora-gc"] {
+        let r = ours(mode)?;
+        let tps = r["tokens_per_s"].as_f64().unwrap_or(0.0);
+        let rss = r["peak_rss_mib"].as_f64().unwrap_or(0.0);
+        let mfu = tps * r["flops_per_token"].as_f64().unwrap_or(0.0) / rate;
+        let label = match mode {
+            "lora" => "instill LoRA (f32 base)",
+            "qlora" => "instill QLoRA (Q4_1 base)",
+            "lora-gc" => "instill LoRA, gradient checkpointing",
+            _ => "instill QLoRA, gradient checkpointing",
+        };
+        println!("| {label} | {tps:.0} | {rss:.0} | {:.0}% | {:.2}x | {:.2}x |", mfu * 100.0, tps / t_rate, rss / t_rss);
+    }
+    if let Some(p) = peer(true)? {
+        println!("| PyTorch full fine-tuning (fp32) | {:.0} | {:.0} | - | - | - |", p["tokens_per_s"].as_f64().unwrap_or(f64::NAN), p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
+    }
+    Ok(())
+}
