@@ -1,4 +1,5 @@
 //! Compare f32 GEMM rates: candle (gemm crate) vs OpenBLAS (cblas_sgemm).
+//! apt-get install libopenblas-dev; cargo run --release --features openblas-bench --example sgemm
 use candle_core::{Device, Tensor};
 #[link(name = "openblas")]
 extern "C" {

@@ -34,9 +34,12 @@ const CACHE_WORD: usize = 48;
 const CACHE_ENTRIES: usize = 1 << 18;
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
+/// A word's tokens: (id, start, end) with byte offsets relative to the word.
+type WordTokens = Vec<(u32, u32, u32)>;
+
 thread_local! {
-    /// (encoder id, word bytes -> ids)
-    static CACHE: RefCell<(usize, HashMap<Vec<u8>, Vec<(u32, u32, u32)>>)> = RefCell::new((usize::MAX, HashMap::new()));
+    /// (encoder id, word bytes -> tokens)
+    static CACHE: RefCell<(usize, HashMap<Vec<u8>, WordTokens>)> = RefCell::new((usize::MAX, HashMap::new()));
 }
 
 /// GPT-2's map from bytes to the printable chars that stand for them in the vocabulary.
@@ -177,7 +180,7 @@ impl FastBpe {
     /// Byte-pair merges, lowest rank first, leftmost among equals (as `tokenizers`):
     /// (id, start, end) per token, relative to the word. Bytes without a token are
     /// dropped, as `tokenizers` does when there is no unknown token.
-    fn merge(&self, bytes: &[u8]) -> Vec<(u32, u32, u32)> {
+    fn merge(&self, bytes: &[u8]) -> WordTokens {
         if self.ignore_merges {
             if let Some(&id) = self.vocab.get(bytes) {
                 return vec![(id, 0, bytes.len() as u32)];

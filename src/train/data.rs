@@ -30,7 +30,7 @@ pub fn load(recipe: &Recipe, tok: &Tokenizer, tmpl: &ChatTemplate) -> Result<(Ve
     }
     if val.is_empty() && recipe.val_fraction > 0.0 {
         let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(recipe.seed ^ 0x5EED_0F_5A1));
+        order.shuffle(&mut StdRng::seed_from_u64(recipe.seed ^ 0x0005_EED0_F5A1));
         let n_val = ((train.len() as f64) * recipe.val_fraction).round().max(1.0) as usize;
         let is_val: std::collections::HashSet<usize> = order[..n_val].iter().copied().collect();
         let (v, t): (Vec<_>, Vec<_>) = train.into_iter().enumerate().partition(|(i, _)| is_val.contains(i));
