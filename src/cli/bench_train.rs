@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use instill::data::pack::rows_from;
-use instill::peft::{lora::{Lora, LoraConfig}, Adapter};
+use instill::peft::{full::{Full, FullConfig}, lora::{Lora, LoraConfig}, Adapter};
 use instill::train::optim::{AdamW, AdamWConfig};
 use instill::train::step::loss_and_grads;
 use rand::{Rng, SeedableRng};
@@ -51,19 +51,25 @@ fn peak_rss_mib() -> f64 {
 fn worker(a: &TrainBench, mode: &str) -> Result<serde_json::Value> {
     let source = instill::hub::resolve("smollm2-135m-instruct", true)?;
     let (dequantize, checkpointing) = match mode {
-        "lora" => (true, false),
+        "lora" | "full" => (true, false),
         "qlora" => (false, false),
-        "lora-gc" => (true, true),
+        "lora-gc" | "full-gc" => (true, true),
         "qlora-gc" => (false, true),
         m => bail!("unknown mode {m}"),
     };
     let mut model = instill::CausalLm::load(&source, &instill::LoadOptions { dequantize, ..Default::default() })?;
     model.checkpointing = checkpointing;
-    // The peer's LoRA: r 8, alpha 16, every projection, no dropout; loss on every token.
-    let cfg = LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, target_modules: vec!["all-linear".into()], rslora: false };
-    let lora = Lora::attach(&mut model, &cfg, 0)?;
-    lora.set_training(true);
-    let params: Vec<_> = lora.trainable().into_iter().map(|(_, v)| v).collect();
+    let full = mode.starts_with("full");
+    let adapter: Box<dyn Adapter> = if full {
+        let tok = instill::Tokenizer::load(&source)?;
+        Box::new(Full::attach(&mut model, &tok, &FullConfig::default())?)
+    } else {
+        // The peer's LoRA: r 8, alpha 16, every projection, no dropout; loss on every token.
+        let cfg = LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, target_modules: vec!["all-linear".into()], rslora: false };
+        Box::new(Lora::attach(&mut model, &cfg, 0)?)
+    };
+    adapter.set_training(true);
+    let params: Vec<_> = adapter.trainable().into_iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(params.clone(), AdamWConfig::default());
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let vocab = model.config.vocab_size as u32;
@@ -83,8 +89,9 @@ fn worker(a: &TrainBench, mode: &str) -> Result<serde_json::Value> {
     let per_step = times.iter().sum::<f64>() / times.len() as f64;
     let tokens = (a.batch * a.seq) as f64;
     // LoRA's backward computes input gradients only: about one more forward's worth.
-    // (Model FLOPs: recomputation under checkpointing is not counted, as MFU usually is.)
-    let flops_per_token = 2.0 * forward_flops_per_token(&model, a.seq);
+    // Model FLOPs: forward + input gradients (+ weight gradients for full tuning);
+    // recomputation under checkpointing is not counted, as MFU usually is not.
+    let flops_per_token = if full { 3.0 } else { 2.0 } * forward_flops_per_token(&model, a.seq);
     Ok(serde_json::json!({
         "mode": mode, "tokens_per_s": tokens / per_step, "s_per_step": per_step,
         "s_per_step_min": times.iter().copied().fold(f64::INFINITY, f64::min),
@@ -155,7 +162,7 @@ pub fn run(a: TrainBench) -> Result<()> {
     if torch_lora.is_some() {
         println!("| PyTorch+PEFT LoRA (fp32) | {t_rate:.0} | {t_rss:.0} | - | 1.00x | 1.00x |");
     }
-    for mode in ["lora", "qlora", "lora-gc", "qlora-gc"] {
+    for mode in ["lora", "qlora", "lora-gc", "qlora-gc", "full", "full-gc"] {
         let r = ours(mode)?;
         let tps = r["tokens_per_s"].as_f64().unwrap_or(0.0);
         let rss = r["peak_rss_mib"].as_f64().unwrap_or(0.0);
@@ -164,7 +171,9 @@ pub fn run(a: TrainBench) -> Result<()> {
             "lora" => "instill LoRA (f32 base)",
             "qlora" => "instill QLoRA (Q4_1 base)",
             "lora-gc" => "instill LoRA, gradient checkpointing",
-            _ => "instill QLoRA, gradient checkpointing",
+            "qlora-gc" => "instill QLoRA, gradient checkpointing",
+            "full" => "instill full fine-tuning",
+            _ => "instill full fine-tuning, gradient checkpointing",
         };
         println!("| {label} | {tps:.0} | {rss:.0} | {:.0}% | {:.2}x | {:.2}x |", mfu * 100.0, tps / t_rate, rss / t_rss);
     }

@@ -47,17 +47,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if let Some(dir) = adapter {
         instill::peft::lora::Lora::load(&mut model, &dir)?.merge_into(&mut model)?;
     }
-    let tokenizer_json = serde_json::to_vec(&tok.json)?;
-    let mut tcfg = serde_json::json!({
-        "bos_token": tok.token_string(tok.bos_id),
-        "eos_token": tok.token_string(tok.eos_id),
-        "add_bos_token": tok.add_bos,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    });
-    if let Some(t) = &tok.chat_template {
-        tcfg["chat_template"] = t.clone().into();
-    }
-    let extra = [("tokenizer.json", tokenizer_json), ("tokenizer_config.json", serde_json::to_vec_pretty(&tcfg)?)];
+    let extra = tok.hf_files();
     save_hf_dir(&a.out, model.arch, &model.config, model.named_tensors()?, dtype, a.shard_mb * 1_000_000, &extra)?;
     println!("{}", a.out.display());
     Ok(())

@@ -45,7 +45,8 @@ pub fn run(a: SftArgs) -> Result<()> {
         println!("stopped at step {}: checkpoint written; continue with `instill sft --resume {out}`", report.steps);
     } else {
         let val = report.val_loss.map_or(String::new(), |v| format!(", validation loss {v:.4}"));
-        println!("{out}: {} steps, final loss {:.4}{val}; adapter in {out}/adapter, metrics in {out}/metrics.jsonl, curve in {out}/loss.png", report.steps, report.final_loss);
+        let result = instill::train::trainer::final_dir(recipe.method);
+        println!("{out}: {} steps, final loss {:.4}{val}; result in {out}/{result}, metrics in {out}/metrics.jsonl, curve in {out}/loss.png", report.steps, report.final_loss);
     }
     Ok(())
 }

@@ -127,10 +127,20 @@ impl Block {
 }
 
 impl Block {
-    /// The trainable tensors of this block's adapters.
-    pub fn adapter_params(&self) -> Vec<Tensor> {
+    /// The trainable tensors of this block: its adapters', and its own weights when they
+    /// are variables (full tuning).
+    pub fn trainable_params(&self) -> Vec<Tensor> {
         let a = &self.attn;
-        [&a.q, &a.k, &a.v, &a.o, &self.mlp.gate, &self.mlp.up, &self.mlp.down].iter().filter_map(|l| l.adapter.as_ref()).flat_map(|d| d.params()).collect()
+        let linears = [&a.q, &a.k, &a.v, &a.o, &self.mlp.gate, &self.mlp.up, &self.mlp.down];
+        let mut out: Vec<Tensor> = linears.iter().filter_map(|l| l.adapter.as_ref()).flat_map(|d| d.params()).collect();
+        for l in linears {
+            if let super::linear::LinearWeight::Dense(w) = &l.weight {
+                out.extend(w.track_op().then(|| w.clone()));
+            }
+        }
+        let norms = [Some(&self.attn_norm), Some(&self.mlp_norm), self.post_attn_norm.as_ref(), self.post_mlp_norm.as_ref(), a.q_norm.as_ref(), a.k_norm.as_ref()];
+        out.extend(norms.into_iter().flatten().filter(|n| n.weight.track_op()).map(|n| n.weight.clone()));
+        out
     }
 }
 

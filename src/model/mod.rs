@@ -9,6 +9,7 @@ pub mod kernels;
 pub mod linear;
 pub mod ops;
 pub mod recompute;
+mod trainable;
 pub mod rope;
 pub mod weights;
 

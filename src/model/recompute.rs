@@ -63,7 +63,7 @@ impl CustomOp1 for Recompute {
         let xv = Var::from_tensor(&x.detach())?;
         let y = self.block.forward(xv.as_tensor(), &self.rope, self.mask.as_ref(), None).map_err(candle_core::Error::wrap)?;
         let grads = (y * g.detach())?.sum_all()?.backward()?;
-        add_extra(&grads, &self.block.adapter_params())?;
+        add_extra(&grads, &self.block.trainable_params())?;
         Ok(grads.get(xv.as_tensor()).cloned())
     }
 }

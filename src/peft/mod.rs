@@ -1,4 +1,5 @@
 //! Parameter-efficient and partial tuning methods, one file each, behind [`Adapter`].
+pub mod full;
 pub mod lora;
 
 use crate::Result;
@@ -19,6 +20,10 @@ pub trait Adapter {
     /// Write the adapter to `dir` (created; files replaced atomically), in the layout
     /// Hugging Face tools read.
     fn save(&self, model: &crate::CausalLm, dir: &Path) -> Result<()>;
+    /// Full and partial tuning (for Half Fine-Tuning's stages).
+    fn as_full(&self) -> Option<&full::Full> {
+        None
+    }
 }
 
 /// Write `bytes` to `path` through a temp file and a rename.

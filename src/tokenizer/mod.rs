@@ -157,6 +157,20 @@ impl Tokenizer {
         id.and_then(|i| self.id_to_token(i)).unwrap_or_default()
     }
 
+    /// `tokenizer.json` and `tokenizer_config.json` for a Hugging Face model directory.
+    pub fn hf_files(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let mut cfg = serde_json::json!({
+            "bos_token": self.token_string(self.bos_id),
+            "eos_token": self.token_string(self.eos_id),
+            "add_bos_token": self.add_bos,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        });
+        if let Some(t) = &self.chat_template {
+            cfg["chat_template"] = t.clone().into();
+        }
+        vec![("tokenizer.json", serde_json::to_vec(&self.json).expect("json")), ("tokenizer_config.json", serde_json::to_vec_pretty(&cfg).expect("json"))]
+    }
+
     /// The chat template to use: the named one (builtin or file) or the model's own.
     pub fn template(&self, name: Option<&str>) -> Result<ChatTemplate> {
         let source = match name {

@@ -23,7 +23,8 @@ pub fn dir_of(out: &Path, step: usize) -> PathBuf {
 /// Write a checkpoint for `step` and prune old ones.
 pub fn save(out: &Path, step: usize, model: &CausalLm, adapter: &dyn Adapter, opt: &AdamW, keep: usize) -> Result<PathBuf> {
     let final_dir = dir_of(out, step);
-    let tmp = out.join("checkpoints").join(format!(".step-{step:06}.partial"));
+    // No extension: writers below derive their own temp names with `with_extension`.
+    let tmp = out.join("checkpoints").join(format!("incomplete-step-{step:06}"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e.to_string()))?;
     adapter.save(model, &tmp)?;

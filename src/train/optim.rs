@@ -56,6 +56,12 @@ impl AdamW {
 
     /// One update with learning rate `lr`; `grads[i]` belongs to `params[i]`.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+        self.step_some(grads, lr, None)
+    }
+
+    /// As [`Self::step`], leaving parameters with `active[i] == false` untouched (no
+    /// decay, no moment update: as PyTorch skips parameters without a gradient).
+    pub fn step_some(&mut self, grads: &[Tensor], lr: f64, active: Option<&[bool]>) -> Result<()> {
         self.t += 1;
         let c = self.config;
         let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
@@ -64,7 +70,10 @@ impl AdamW {
         let step_size = (lr / bc1) as f32;
         let decay = (1.0 - lr * c.weight_decay) as f32;
         let eps = c.eps as f32;
-        for ((p, g), st) in self.params.iter().zip(grads).zip(&mut self.state) {
+        for (i, ((p, g), st)) in self.params.iter().zip(grads).zip(&mut self.state).enumerate() {
+            if active.is_some_and(|a| !a[i]) {
+                continue;
+            }
             let mut w = p.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             let g = g.flatten_all()?.to_vec1::<f32>()?;
             for (((w, g), m), v) in w.iter_mut().zip(&g).zip(&mut st.m).zip(&mut st.v) {

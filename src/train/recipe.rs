@@ -4,6 +4,7 @@
 use super::optim::AdamWConfig;
 use super::schedule::Schedule;
 use crate::data::render::{LossOn, Truncation};
+use crate::peft::full::FullConfig;
 use crate::peft::lora::LoraConfig;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,9 @@ pub struct Recipe {
     pub method: Method,
     #[serde(default)]
     pub lora: LoraConfig,
+    /// For `method: full`: which weights train, and Half Fine-Tuning.
+    #[serde(default)]
+    pub full: FullConfig,
     #[serde(default = "default_lr")]
     pub lr: f64,
     #[serde(default)]
@@ -91,6 +95,9 @@ pub struct DataSource {
 pub enum Method {
     /// LoRA adapters; on a quantized base this is QLoRA.
     Lora,
+    /// The model's own weights: all, or those `full.train` / `full.freeze` pick; with
+    /// `full.hft_stage_steps`, Half Fine-Tuning.
+    Full,
 }
 
 fn default_model() -> String {

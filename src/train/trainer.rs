@@ -7,7 +7,7 @@ use super::metrics::{Metrics, StepMetrics};
 use super::optim::AdamW;
 use super::recipe::{Method, Recipe};
 use super::step::{clip_grad_norm, loss_and_grads};
-use crate::peft::{lora::Lora, Adapter};
+use crate::peft::{full::Full, lora::Lora, Adapter};
 use crate::tokenizer::Tokenizer;
 use crate::{CausalLm, Error, LoadOptions, Result};
 use std::path::PathBuf;
@@ -45,22 +45,28 @@ pub type OnStep<'a> = &'a mut dyn FnMut(usize, usize, &StepMetrics);
 pub fn train(recipe: &Recipe, resume: bool, on_step: OnStep) -> Result<Report> {
     let out = recipe.output_dir();
     std::fs::create_dir_all(&out).map_err(|e| Error::file(&out, e.to_string()))?;
-    let source = crate::hub::resolve(&recipe.model, true)?;
-    let mut model = CausalLm::load(&source, &LoadOptions { dequantize: recipe.dequantize, ..Default::default() })?;
-    let tok = Tokenizer::load(&source)?;
-    let tmpl = tok.template(recipe.template.as_deref())?;
-    model.checkpointing = recipe.gradient_checkpointing;
-    let (train_set, val_set, _) = load(recipe, &tok, &tmpl)?;
-
     let latest = if resume { checkpoint::list(&out).pop() } else { None };
     if resume && latest.is_none() {
         return Err(Error::file(&out, "no complete checkpoint to resume from"));
     }
+    let source = crate::hub::resolve(&recipe.model, true)?;
+    let tok = Tokenizer::load(&source)?;
+    // Full tuning resumes from the model saved in the checkpoint.
+    let model_source = match (&latest, recipe.method) {
+        (Some((_, dir)), Method::Full) => crate::hub::ModelSource::HfDir(dir.clone()),
+        _ => source.clone(),
+    };
+    let mut model = CausalLm::load(&model_source, &LoadOptions { dequantize: recipe.dequantize, ..Default::default() })?;
+    let tmpl = tok.template(recipe.template.as_deref())?;
+    model.checkpointing = recipe.gradient_checkpointing;
+    let (train_set, val_set, _) = load(recipe, &tok, &tmpl)?;
+
     let adapter: Box<dyn Adapter> = match recipe.method {
         Method::Lora => Box::new(match &latest {
             Some((_, dir)) => Lora::load(&mut model, dir)?,
             None => Lora::attach(&mut model, &recipe.lora, recipe.seed)?,
         }),
+        Method::Full => Box::new(Full::attach(&mut model, &tok, &recipe.full)?),
     };
     let params: Vec<_> = adapter.trainable().into_iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(params.clone(), crate::train::optim::AdamWConfig { weight_decay: recipe.adamw.weight_decay, ..recipe.adamw });
@@ -88,9 +94,13 @@ pub fn train(recipe: &Recipe, resume: bool, on_step: OnStep) -> Result<Report> {
         let lr = recipe.lr * recipe.schedule.factor(step, total, recipe.warmup_steps);
         adapter.set_training(true);
         adapter.begin_step(recipe.seed, step as u64);
+        if let Some(full) = adapter.as_full() {
+            full.hft_stage(&mut model, recipe.seed, step)?;
+        }
         let mut g = loss_and_grads(&model, &micro, &params)?;
         let grad_norm = clip_grad_norm(&mut g.grads, recipe.max_grad_norm)?;
-        opt.step(&g.grads, lr)?;
+        let active = adapter.as_full().and_then(|f| f.active());
+        opt.step_some(&g.grads, lr, active.as_deref())?;
         step += 1;
         adapter.set_training(false);
         let eval_now = !val_batches.is_empty() && ((recipe.eval_every > 0 && step % recipe.eval_every == 0) || step == total);
@@ -121,9 +131,17 @@ pub fn train(recipe: &Recipe, resume: bool, on_step: OnStep) -> Result<Report> {
         }
     }
     if !interrupted {
-        adapter.save(&model, &out.join("adapter"))?;
+        adapter.save(&model, &out.join(final_dir(recipe.method)))?;
     }
     Ok(Report { out, steps: step, final_loss: last_loss, val_loss: last_val, interrupted })
+}
+
+/// Where a finished run's result goes: `adapter/` (PEFT layout) or `model/` (a whole HF model).
+pub fn final_dir(m: Method) -> &'static str {
+    match m {
+        Method::Lora => "adapter",
+        Method::Full => "model",
+    }
 }
 
 /// Mean loss per target token over the validation batches (no dropout).

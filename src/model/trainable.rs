@@ -1,0 +1,115 @@
+//! Turning a model's own weights into trainable variables (full and partial tuning).
+use super::linear::{Linear, LinearWeight};
+use super::{CausalLm, Embedding};
+use crate::Result;
+use candle_core::{Tensor, Var};
+
+/// A weight slot of the model, by GGUF name.
+enum Slot<'a> {
+    Tensor(&'a mut Tensor),
+    Linear(&'a mut Linear),
+    Embedding(&'a mut Embedding),
+}
+
+impl CausalLm {
+    fn slots(&mut self) -> Vec<(String, Slot<'_>)> {
+        let mut out: Vec<(String, Slot)> = vec![("token_embd.weight".into(), Slot::Embedding(&mut self.embed))];
+        out.push(("output_norm.weight".into(), Slot::Tensor(&mut self.norm.weight)));
+        if !self.config.tie_embeddings {
+            out.push(("output.weight".into(), Slot::Linear(&mut self.lm_head)));
+        }
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let a = &mut b.attn;
+            for (n, l) in [("attn_q", &mut a.q), ("attn_k", &mut a.k), ("attn_v", &mut a.v), ("attn_output", &mut a.o)] {
+                out.push((p(n), Slot::Linear(l)));
+            }
+            for (n, l) in [("ffn_gate", &mut b.mlp.gate), ("ffn_up", &mut b.mlp.up), ("ffn_down", &mut b.mlp.down)] {
+                out.push((p(n), Slot::Linear(l)));
+            }
+            let norms = [("attn_norm", Some(&mut b.attn_norm)), ("ffn_norm", Some(&mut b.mlp_norm)), ("post_attention_norm", b.post_attn_norm.as_mut()), ("post_ffw_norm", b.post_mlp_norm.as_mut())];
+            for (n, norm) in norms {
+                if let Some(norm) = norm {
+                    out.push((p(n), Slot::Tensor(&mut norm.weight)));
+                }
+            }
+            for (n, norm) in [("attn_q_norm", a.q_norm.as_mut()), ("attn_k_norm", a.k_norm.as_mut())] {
+                if let Some(norm) = norm {
+                    out.push((p(n), Slot::Tensor(&mut norm.weight)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Make every weight whose Hugging Face name `select` accepts a trainable variable
+    /// (dequantized to f32 first); the rest stay as they are, frozen. Returns the
+    /// variables by HF name, in model order. A tied output head shares the embedding's
+    /// variable, so both uses feed one gradient.
+    pub fn make_trainable(&mut self, select: &dyn Fn(&str) -> bool) -> Result<Vec<(String, Var)>> {
+        let arch = self.arch;
+        let mut out = vec![];
+        let mut tied_embedding = None;
+        for (gguf, slot) in self.slots() {
+            let hf = super::arch::gguf_to_hf(arch, &gguf).unwrap_or(gguf.clone());
+            if !select(&hf) {
+                continue;
+            }
+            let var = match slot {
+                Slot::Tensor(t) => {
+                    let v = Var::from_tensor(&t.to_dtype(candle_core::DType::F32)?)?;
+                    *t = v.as_tensor().clone();
+                    v
+                }
+                Slot::Linear(l) => {
+                    let v = Var::from_tensor(&l.dense_weight()?)?;
+                    l.weight = LinearWeight::Dense(v.as_tensor().clone());
+                    v
+                }
+                Slot::Embedding(e) => {
+                    let dense = match e {
+                        Embedding::Dense(t) => t.to_dtype(candle_core::DType::F32)?,
+                        Embedding::Quant(q) => q.dequantize(&q.device())?,
+                    };
+                    let v = Var::from_tensor(&dense)?;
+                    *e = Embedding::Dense(v.as_tensor().clone());
+                    tied_embedding = Some(v.as_tensor().clone());
+                    v
+                }
+            };
+            out.push((hf, var));
+        }
+        if self.config.tie_embeddings {
+            if let Some(t) = tied_embedding {
+                self.lm_head = Linear::dense(t, None);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Point the slots of `vars` at either the variable itself (trainable) or a detached
+    /// alias of it (frozen: same storage, no gradient). Half Fine-Tuning re-draws this
+    /// every stage.
+    pub fn set_trainable(&mut self, vars: &[(String, Var)], on: &dyn Fn(&str) -> bool) -> Result<()> {
+        let arch = self.arch;
+        let tie = self.config.tie_embeddings;
+        let mut head = None;
+        for (gguf, slot) in self.slots() {
+            let hf = super::arch::gguf_to_hf(arch, &gguf).unwrap_or(gguf.clone());
+            let Some((_, v)) = vars.iter().find(|(n, _)| *n == hf) else { continue };
+            let t = if on(&hf) { v.as_tensor().clone() } else { v.as_tensor().detach() };
+            match slot {
+                Slot::Tensor(x) => *x = t,
+                Slot::Linear(l) => l.weight = LinearWeight::Dense(t),
+                Slot::Embedding(e) => {
+                    head = Some(t.clone());
+                    *e = Embedding::Dense(t);
+                }
+            }
+        }
+        if let (true, Some(t)) = (tie, head) {
+            self.lm_head = Linear::dense(t, None);
+        }
+        Ok(())
+    }
+}
