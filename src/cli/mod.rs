@@ -56,7 +56,7 @@ pub struct ModelArgs {
     /// Dequantize GGUF weights to f32 (reference numerics; slower, more memory).
     #[arg(long)]
     pub dequantize: bool,
-    /// A LoRA adapter directory (PEFT layout, e.g. runs/NAME/adapter) applied on top.
+    /// An adapter directory in PEFT's layout (LoRA or prompt tuning, e.g. runs/NAME/adapter).
     #[arg(long)]
     pub adapter: Option<std::path::PathBuf>,
 }
@@ -74,7 +74,7 @@ impl ModelArgs {
         let opts = LoadOptions { dequantize: self.dequantize, ..Default::default() };
         let mut model = CausalLm::load(&source, &opts)?;
         if let Some(dir) = &self.adapter {
-            instill::peft::lora::Lora::load(&mut model, dir)?;
+            instill::peft::load_adapter(&mut model, dir)?;
         }
         let tok = Tokenizer::load(&source)?;
         Ok((model, tok))

@@ -65,6 +65,8 @@ pub struct CausalLm {
     pub device: Device,
     /// Recompute each block in the backward pass instead of keeping its activations.
     pub checkpointing: bool,
+    /// Soft-prompt vectors `(n, hidden)` placed before every sequence (prompt tuning).
+    pub prefix: Option<Tensor>,
 }
 
 impl CausalLm {
@@ -150,6 +152,7 @@ impl CausalLm {
             lm_head,
             device: opts.device.clone(),
             checkpointing: false,
+            prefix: None,
         })
     }
 
@@ -179,6 +182,46 @@ impl CausalLm {
 
     /// The last block's output, before the final norm: `(B, T, hidden)`.
     pub fn hidden_states(&self, batch: &Batch, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let n = self.prefix.as_ref().map_or(Ok(0), |p| p.dim(0))?;
+        if n == 0 {
+            return self.run_blocks(batch, cache, None);
+        }
+        // A soft prompt comes first, at positions 0..n; the sequence's own positions move
+        // up by n. It is embedded only when the sequence starts (not in later decode steps).
+        let starts = cache.as_ref().is_none_or(|c| c.is_empty());
+        let mut b = batch.clone();
+        b.positions.iter_mut().flatten().for_each(|p| *p += n as u32);
+        if !starts {
+            return self.run_blocks(&b, cache, None);
+        }
+        for r in 0..b.tokens.len() {
+            let seg = b.segments[r].first().copied().unwrap_or(0);
+            b.tokens[r].splice(0..0, std::iter::repeat_n(0, n));
+            b.positions[r].splice(0..0, 0..n as u32);
+            b.segments[r].splice(0..0, std::iter::repeat_n(seg, n));
+            b.valid[r].splice(0..0, std::iter::repeat_n(true, n));
+        }
+        let x = self.run_blocks(&b, cache, Some(n))?;
+        Ok(x.narrow(1, n, batch.dims().1)?)
+    }
+
+    /// Token embeddings `(B, T, hidden)`, scaled as the family wants.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let c = &self.config;
+        let mut x = match &self.embed {
+            Embedding::Dense(e) => e.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?,
+            Embedding::Quant(q) => q.embedding(ids)?,
+        };
+        if let Some(s) = c.embed_scale {
+            // Gemma rounds the scale to the activation dtype first.
+            x = (x * (s as f32) as f64)?;
+        }
+        Ok(x)
+    }
+
+    /// Embed `batch` (its first `prefix` tokens replaced by the soft prompt) and run the blocks.
+    fn run_blocks(&self, batch: &Batch, cache: Option<&mut KvCache>, prefix: Option<usize>) -> Result<Tensor> {
         batch.check()?;
         let (b, t) = batch.dims();
         let c = &self.config;
@@ -192,15 +235,15 @@ impl CausalLm {
         if let Some(&bad) = batch.tokens.iter().flatten().find(|&&t| t as usize >= c.vocab_size) {
             return Err(Error::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
         }
-        let ids = Tensor::from_vec(batch.tokens.concat(), (b, t), &self.device)?;
-        let mut x = match &self.embed {
-            Embedding::Dense(e) => e.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?,
-            Embedding::Quant(q) => q.embedding(&ids)?,
+        let mut x = match (prefix, &self.prefix) {
+            (Some(n), Some(p)) => {
+                let own: Vec<u32> = batch.tokens.iter().flat_map(|r| r[n..].iter().copied()).collect();
+                let ids = Tensor::from_vec(own, (b, t - n), &self.device)?;
+                let soft = p.unsqueeze(0)?.broadcast_as((b, n, c.hidden_size))?;
+                Tensor::cat(&[&soft, &self.embed(&ids)?], 1)?
+            }
+            _ => self.embed(&Tensor::from_vec(batch.tokens.concat(), (b, t), &self.device)?)?,
         };
-        if let Some(s) = c.embed_scale {
-            // Gemma rounds the scale to the activation dtype first.
-            x = (x * (s as f32) as f64)?;
-        }
         // Without a cache (scoring, training) K and V are not stored: the cache's in-place
         // append would also cut the autograd graph.
         let keep_kv = cache.is_some();

@@ -1,6 +1,7 @@
 //! Parameter-efficient and partial tuning methods, one file each, behind [`Adapter`].
 pub mod full;
 pub mod lora;
+pub mod prompt;
 
 use crate::Result;
 use candle_core::Var;
@@ -23,6 +24,19 @@ pub trait Adapter {
     /// Full and partial tuning (for Half Fine-Tuning's stages).
     fn as_full(&self) -> Option<&full::Full> {
         None
+    }
+}
+
+/// Load an adapter directory in PEFT's layout onto `model`: LoRA or prompt tuning,
+/// by its `adapter_config.json`.
+pub fn load_adapter(model: &mut crate::CausalLm, dir: &Path) -> Result<Box<dyn Adapter>> {
+    let path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::file(&path, e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| crate::Error::file(&path, format!("invalid JSON: {e}")))?;
+    match v["peft_type"].as_str() {
+        Some("LORA") => Ok(Box::new(lora::Lora::load(model, dir)?)),
+        Some("PROMPT_TUNING") => Ok(Box::new(prompt::PromptTuning::load(model, dir)?)),
+        other => Err(crate::Error::file(&path, format!("peft_type {other:?}: instill loads LORA and PROMPT_TUNING adapters"))),
     }
 }
 

@@ -6,6 +6,7 @@ use super::schedule::Schedule;
 use crate::data::render::{LossOn, Truncation};
 use crate::peft::full::FullConfig;
 use crate::peft::lora::LoraConfig;
+use crate::peft::prompt::PromptConfig;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,9 @@ pub struct Recipe {
     /// For `method: full`: which weights train, and Half Fine-Tuning.
     #[serde(default)]
     pub full: FullConfig,
+    /// For `method: prompt`: soft-prompt length and initialisation.
+    #[serde(default)]
+    pub prompt: PromptConfig,
     #[serde(default = "default_lr")]
     pub lr: f64,
     #[serde(default)]
@@ -98,6 +102,8 @@ pub enum Method {
     /// The model's own weights: all, or those `full.train` / `full.freeze` pick; with
     /// `full.hft_stage_steps`, Half Fine-Tuning.
     Full,
+    /// Prompt tuning: trainable soft-prompt vectors before every sequence.
+    Prompt,
 }
 
 fn default_model() -> String {
@@ -167,6 +173,9 @@ impl Recipe {
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return Err(format!("val_fraction: {} is not in [0, 1)", self.val_fraction));
+        }
+        if self.method == Method::Prompt && self.packing {
+            return Err("packing: prompt tuning puts the soft prompt before each example, so it needs `packing: false`".into());
         }
         if self.max_steps == Some(0) {
             return Err("max_steps: must be at least 1".into());

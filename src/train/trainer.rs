@@ -7,7 +7,7 @@ use super::metrics::{Metrics, StepMetrics};
 use super::optim::AdamW;
 use super::recipe::{Method, Recipe};
 use super::step::{clip_grad_norm, loss_and_grads};
-use crate::peft::{full::Full, lora::Lora, Adapter};
+use crate::peft::{full::Full, lora::Lora, prompt::PromptTuning, Adapter};
 use crate::tokenizer::Tokenizer;
 use crate::{CausalLm, Error, LoadOptions, Result};
 use std::path::PathBuf;
@@ -67,6 +67,10 @@ pub fn train(recipe: &Recipe, resume: bool, on_step: OnStep) -> Result<Report> {
             None => Lora::attach(&mut model, &recipe.lora, recipe.seed)?,
         }),
         Method::Full => Box::new(Full::attach(&mut model, &tok, &recipe.full)?),
+        Method::Prompt => Box::new(match &latest {
+            Some((_, dir)) => PromptTuning::load(&mut model, dir)?,
+            None => PromptTuning::attach(&mut model, &tok, &recipe.prompt, recipe.seed)?,
+        }),
     };
     let params: Vec<_> = adapter.trainable().into_iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(params.clone(), crate::train::optim::AdamWConfig { weight_decay: recipe.adamw.weight_decay, ..recipe.adamw });
@@ -139,7 +143,7 @@ pub fn train(recipe: &Recipe, resume: bool, on_step: OnStep) -> Result<Report> {
 /// Where a finished run's result goes: `adapter/` (PEFT layout) or `model/` (a whole HF model).
 pub fn final_dir(m: Method) -> &'static str {
     match m {
-        Method::Lora => "adapter",
+        Method::Lora | Method::Prompt => "adapter",
         Method::Full => "model",
     }
 }
