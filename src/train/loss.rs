@@ -5,6 +5,7 @@ use crate::data::pack::Rows;
 use crate::model::CausalLm;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 /// Rows per chunk of logits (128 x 49,152 f32 is 25 MB; 32 and 256 measured no faster).
 const CHUNK: usize = 128;
@@ -48,26 +49,56 @@ pub fn cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> 
     }
     let hd = h.detach();
     let wd = w.detach();
-    let (mut losses, mut lse) = (Vec::with_capacity(targets.len()), Vec::with_capacity(targets.len()));
+    let (want_h, want_w) = (h.track_op(), w.track_op());
+    let mut losses = Vec::with_capacity(targets.len());
+    let (mut gh, mut gw): (Vec<Tensor>, Option<Tensor>) = (vec![], None);
     for (c, tg) in targets.chunks(CHUNK).enumerate() {
-        let logits = hd.narrow(0, c * CHUNK, tg.len())?.matmul(&wd.t()?)?;
-        let rows = logits.to_vec2::<f32>()?;
-        for (row, &t) in rows.iter().zip(tg) {
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let s: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
-            let l = m as f64 + s.ln();
-            lse.push(l as f32);
-            losses.push((l - row[t as usize] as f64) as f32);
+        let hc = hd.narrow(0, c * CHUNK, tg.len())?;
+        let logits = hc.matmul(&wd.t()?)?;
+        let v = logits.dim(1)?;
+        let mut p = logits.flatten_all()?.to_vec1::<f32>()?;
+        // Per row: the loss, then softmax - onehot in place (the gradient of the loss with
+        // respect to the logits, before the upstream factor), all rows in parallel.
+        let chunk_losses: Vec<f32> = p
+            .par_chunks_mut(v)
+            .zip(tg.par_iter())
+            .map(|(row, &t)| {
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let s: f64 = row.iter().map(|&x| ((x - m) as f64).exp()).sum();
+                let lse = m as f64 + s.ln();
+                let loss = (lse - row[t as usize] as f64) as f32;
+                row.iter_mut().for_each(|x| *x = ((*x as f64 - lse).exp()) as f32);
+                row[t as usize] -= 1.0;
+                loss
+            })
+            .collect();
+        losses.extend(chunk_losses);
+        if want_h || want_w {
+            let p = Tensor::from_vec(p, (tg.len(), v), hd.device())?;
+            if want_h {
+                gh.push(p.matmul(&wd)?);
+            }
+            if want_w {
+                let d = p.t()?.matmul(&hc)?;
+                gw = Some(match gw {
+                    Some(acc) => (acc + d)?,
+                    None => d,
+                });
+            }
         }
     }
-    let op = CrossEntropy { targets: targets.to_vec(), lse, losses };
+    let gh = if gh.is_empty() { None } else { Some(Tensor::cat(&gh, 0)?) };
+    let op = CrossEntropy { losses, gh, gw };
     Ok(h.apply_op2(w, op)?)
 }
 
+/// The losses, and their gradients for an upstream gradient of 1 per row, computed in
+/// the forward pass while each chunk's logits exist: the backward pass only scales them
+/// (no second pass over the vocabulary).
 struct CrossEntropy {
-    targets: Vec<u32>,
-    lse: Vec<f32>,
     losses: Vec<f32>,
+    gh: Option<Tensor>,
+    gw: Option<Tensor>,
 }
 
 impl CustomOp2 for CrossEntropy {
@@ -80,33 +111,24 @@ impl CustomOp2 for CrossEntropy {
         Ok((CpuStorage::F32(self.losses.clone()), Shape::from(self.losses.len())))
     }
 
-    /// d loss_i / d logits_i = softmax_i - onehot(target_i), recomputed chunk by chunk.
-    fn bwd(&self, h: &Tensor, w: &Tensor, _out: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = g.to_vec1::<f32>()?;
-        let (hd, wd) = (h.detach(), w.detach());
-        let mut gh = vec![];
-        let mut gw: Option<Tensor> = None;
-        for (c, tg) in self.targets.chunks(CHUNK).enumerate() {
-            let hc = hd.narrow(0, c * CHUNK, tg.len())?;
-            let logits = hc.matmul(&wd.t()?)?;
-            let v = logits.dim(1)?;
-            let mut p = logits.flatten_all()?.to_vec1::<f32>()?;
-            for (i, row) in p.chunks_mut(v).enumerate() {
-                let k = c * CHUNK + i;
-                let (lse, gi) = (self.lse[k], g[k]);
-                row.iter_mut().for_each(|x| *x = (*x - lse).exp() * gi);
-                row[tg[i] as usize] -= gi;
+    /// d loss_i / d h_i = g_i (softmax_i - onehot_i) W; d loss / d W = sum_i g_i (softmax_i - onehot_i)^T h_i.
+    fn bwd(&self, _h: &Tensor, _w: &Tensor, _out: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let gh = match &self.gh {
+            Some(gh) => Some(gh.broadcast_mul(&g.unsqueeze(1)?)?),
+            None => None,
+        };
+        let gw = match &self.gw {
+            Some(gw) => {
+                // Rows share one upstream factor when the loss is a (scaled) sum of them,
+                // which is how the trainer uses it.
+                let gv = g.to_vec1::<f32>()?;
+                if gv.iter().any(|&x| x != gv[0]) {
+                    candle_core::bail!("cross-entropy: the output-weight gradient needs one upstream factor for every row");
+                }
+                Some((gw * gv[0] as f64)?)
             }
-            let p = Tensor::from_vec(p, (tg.len(), v), hd.device())?;
-            gh.push(p.matmul(&wd)?);
-            if w.track_op() {
-                let d = p.t()?.matmul(&hc)?;
-                gw = Some(match gw {
-                    Some(acc) => (acc + d)?,
-                    None => d,
-                });
-            }
-        }
-        Ok((Some(Tensor::cat(&gh, 0)?), gw))
+            None => None,
+        };
+        Ok((gh, gw))
     }
 }
