@@ -1,6 +1,8 @@
 //! Next-token cross-entropy over the trained positions only, in row chunks, so the
 //! full `(tokens, vocabulary)` logits never exist at once (SmolLM2's vocabulary is
 //! 49,152: 4 x 256 tokens would be 200 MB of logits, twice that with their gradient).
+//! Each chunk's gradient is formed while its logits exist, so the backward pass does not
+//! go over the vocabulary again.
 use crate::data::pack::Rows;
 use crate::model::CausalLm;
 use crate::Result;
