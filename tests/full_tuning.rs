@@ -52,7 +52,7 @@ fn every_weight_gets_the_right_gradient() {
         // The element with the largest gradient: a clear signal above f32 noise.
         let i = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
         let eps = 1e-2f32;
-        let mut loss_at = |x: f32| {
+        let loss_at = |x: f32| {
             let mut w2 = w.clone();
             w2[i] = x;
             v.set(&Tensor::from_vec(w2, v.shape(), v.device()).unwrap()).unwrap();
