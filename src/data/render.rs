@@ -112,20 +112,28 @@ pub enum Truncation {
 
 /// Fit `r` into `max_len` tokens under `policy`; None when dropped (or nothing trainable is left).
 pub fn fit(mut r: Rendered, max_len: usize, policy: Truncation) -> Option<Rendered> {
-    if r.ids.len() <= max_len {
-        return Some(r);
-    }
-    match policy {
-        Truncation::Drop => return None,
-        Truncation::TruncateResponse => {
-            r.ids.truncate(max_len);
-            r.mask.truncate(max_len);
-        }
-        Truncation::TruncatePrompt => {
-            let cut = r.ids.len() - max_len;
-            r.ids.drain(..cut);
-            r.mask.drain(..cut);
-        }
+    if !fit_parts(&mut r.ids, &mut r.mask, max_len, policy) {
+        return None;
     }
     r.mask.iter().any(|&m| m).then_some(r)
+}
+
+/// Cut `ids` and `mask` to `max_len` under `policy`; false when the policy drops them.
+pub fn fit_parts(ids: &mut Vec<u32>, mask: &mut Vec<bool>, max_len: usize, policy: Truncation) -> bool {
+    if ids.len() <= max_len {
+        return true;
+    }
+    match policy {
+        Truncation::Drop => return false,
+        Truncation::TruncateResponse => {
+            ids.truncate(max_len);
+            mask.truncate(max_len);
+        }
+        Truncation::TruncatePrompt => {
+            let cut = ids.len() - max_len;
+            ids.drain(..cut);
+            mask.drain(..cut);
+        }
+    }
+    true
 }

@@ -6,7 +6,7 @@ use super::recipe::{DataSource, Recipe};
 use crate::data::cache::{default_dir, tokenized, Side, Tokenized};
 use crate::data::pack::{rows_from, Rows};
 use crate::data::read::ReadOptions;
-use crate::data::render::Truncation;
+use crate::data::render::{fit_parts, Truncation};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::{Error, Result};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
@@ -65,22 +65,7 @@ fn read_all(sources: &[DataSource], recipe: &Recipe, tok: &Tokenizer, tmpl: &Cha
 }
 
 fn fit(mut t: Tokenized, max_len: usize, policy: Truncation) -> Option<Tokenized> {
-    if t.ids.len() <= max_len {
-        return Some(t);
-    }
-    match policy {
-        Truncation::Drop => return None,
-        Truncation::TruncateResponse => {
-            t.ids.truncate(max_len);
-            t.mask.truncate(max_len);
-        }
-        Truncation::TruncatePrompt => {
-            let cut = t.ids.len() - max_len;
-            t.ids.drain(..cut);
-            t.mask.drain(..cut);
-        }
-    }
-    Some(t)
+    fit_parts(&mut t.ids, &mut t.mask, max_len, policy).then_some(t)
 }
 
 /// The micro-batch stream: rows of example indices, `batch_size` rows per micro-batch.
