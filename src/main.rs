@@ -16,6 +16,14 @@ fn main() {
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
     }
+    // candle runs elementwise ops on its own thread pool, whose idle workers spin 25,000
+    // rounds before sleeping, while our kernels run on rayon's: on 2 cores the spinning
+    // steals the core the other pool needs. A short spin measured 176-185 LoRA tokens/s
+    // against 148-170 (three runs each, interleaved). Set before any candle op, while
+    // this process has one thread; a user's own setting wins.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
+    }
     // Piped into `head` and the like: end quietly on a closed pipe, as Unix tools do,
     // instead of panicking on the next print.
     #[cfg(unix)]
