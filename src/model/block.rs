@@ -78,20 +78,15 @@ impl Attention {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let s = k.dim(2)?;
         // Grouped-query attention without copying K/V: fold each KV head's query
         // heads into the row dimension, (B, H, T, D) -> (B, KV, R*T, D).
         let rep = self.heads / self.kv_heads;
         let q = (q.reshape((b, self.kv_heads, rep * t, self.head_dim))? * self.scale)?;
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores
-                .reshape((b, self.kv_heads, rep, t, s))?
-                .broadcast_add(&m.unsqueeze(1)?)?
-                .reshape((b, self.kv_heads, rep * t, s))?,
-            None => scores,
+        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let p = match mask {
+            Some(m) => super::ops::masked_softmax(&scores, m)?,
+            None => super::ops::softmax_last_dim(&scores)?,
         };
-        let p = super::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
         let y = p.matmul(&v.contiguous()?)?; // (B, KV, R*T, D)
         let y = y.reshape((b, self.heads, t, self.head_dim))?.transpose(1, 2)?;
         self.o.forward(&y.reshape((b, t, self.heads * self.head_dim))?)

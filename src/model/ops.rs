@@ -117,6 +117,63 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(x.apply_op1_no_bwd_if(SoftmaxOp)?)
 }
 
+/// Softmax of attention scores plus an additive mask, in one pass (no masked copy of the
+/// scores is made or kept for the backward pass).
+struct MaskedSoftmaxOp {
+    /// `(B, T, S)`, flattened.
+    mask: Vec<f32>,
+    /// Query rows per batch row in the scores: `(KV heads x R x T)`.
+    rows_per_batch: usize,
+    t: usize,
+}
+
+impl CustomOp1 for MaskedSoftmaxOp {
+    fn name(&self) -> &'static str {
+        "instill-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let n = *l.dims().last().expect("rank >= 1");
+        let y = rows(x, n, |row, r, o| {
+            // Score row `row` is query (row % t) of batch row (row / rows_per_batch).
+            let at = ((row / self.rows_per_batch) * self.t + row % self.t) * n;
+            let m = &self.mask[at..at + n];
+            let mut mx = f32::NEG_INFINITY;
+            for ((o, v), mv) in o.iter_mut().zip(r).zip(m) {
+                *o = v + mv;
+                mx = mx.max(*o);
+            }
+            let mut sum = 0f32;
+            for o in o.iter_mut() {
+                *o = (*o - mx).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|v| *v *= inv);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, p: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dot = (g * p)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((p * g.broadcast_sub(&dot)?)?))
+    }
+}
+
+/// `softmax(scores + mask)` over the last dimension for attention scores
+/// `(B, KV, R*T, S)` and a mask `(B, 1, T, S)` shared by every head.
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, kv, rt, s) = scores.dims4()?;
+    let t = mask.dim(2)?;
+    if !scores.device().is_cpu() || rt % t != 0 {
+        let x = scores.reshape((b, kv, rt / t.max(1), t, s))?.broadcast_add(&mask.unsqueeze(1)?)?.reshape((b, kv, rt, s))?;
+        return softmax_last_dim(&x);
+    }
+    let op = MaskedSoftmaxOp { mask: mask.flatten_all()?.to_vec1::<f32>()?, rows_per_batch: kv * rt, t };
+    Ok(scores.contiguous()?.apply_op1_no_bwd_if(op)?)
+}
+
 // ---------- rotary embeddings ----------
 
 struct RopeOp {
@@ -304,6 +361,21 @@ mod tests {
         let lw = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
         let lin = Linear::dense(lw, None);
         check_grad(|t| frozen_linear(&lin, t).unwrap(), &[2, 3, 4, 8]);
+    }
+
+    #[test]
+    fn masked_softmax_matches_add_then_softmax() {
+        let dev = Device::Cpu;
+        let (b, kv, r, t, s) = (2, 3, 2, 4, 6);
+        let scores = Tensor::randn(0f32, 1.0, (b, kv, r * t, s), &dev).unwrap();
+        let m: Vec<f32> = (0..b * t * s).map(|i| if i % 5 == 0 { -1e30 } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(m, (b, 1, t, s), &dev).unwrap();
+        let slow = |x: &Tensor| {
+            let y = x.reshape((b, kv, r, t, s)).unwrap().broadcast_add(&mask.unsqueeze(1).unwrap()).unwrap().reshape((b, kv, r * t, s)).unwrap();
+            candle_nn::ops::softmax_last_dim(&y).unwrap()
+        };
+        assert!(max_abs(&masked_softmax(&scores, &mask).unwrap(), &slow(&scores)) < 1e-6);
+        check_grad(|x| masked_softmax(x, &mask).unwrap(), &[b, kv, r * t, s]);
     }
 
     #[test]
