@@ -79,7 +79,27 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 
 // ---------- softmax over the last dimension ----------
 
-struct SoftmaxOp;
+/// Softmax over the last dimension, optionally of the input plus an additive attention
+/// mask (added in the same pass, so no masked copy is made or kept for backward).
+struct SoftmaxOp {
+    mask: Option<RowMask>,
+}
+
+/// A mask `(B, T, S)` (flattened) for score rows `(B, KV heads x R x T, S)`.
+struct RowMask {
+    mask: Vec<f32>,
+    /// Score rows per batch row: `KV heads x R x T`.
+    rows_per_batch: usize,
+    t: usize,
+}
+
+impl RowMask {
+    /// The mask row of score row `row`: query `row % t` of batch row `row / rows_per_batch`.
+    fn row(&self, row: usize, n: usize) -> &[f32] {
+        let at = ((row / self.rows_per_batch) * self.t + row % self.t) * n;
+        &self.mask[at..at + n]
+    }
+}
 
 impl CustomOp1 for SoftmaxOp {
     fn name(&self) -> &'static str {
@@ -89,61 +109,12 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
         let n = *l.dims().last().expect("rank >= 1");
-        let y = rows(x, n, |_, r, o| {
-            let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (o, v) in o.iter_mut().zip(r) {
-                *o = (v - m).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|v| *v *= inv);
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, p: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // dx = p * (g - sum(g * p))
-        let dot = (g * p)?.sum_keepdim(D::Minus1)?;
-        Ok(Some((p * g.broadcast_sub(&dot)?)?))
-    }
-}
-
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let x = x.contiguous()?;
-    if !x.device().is_cpu() {
-        return Ok(candle_nn::ops::softmax(&x, D::Minus1)?);
-    }
-    Ok(x.apply_op1_no_bwd_if(SoftmaxOp)?)
-}
-
-/// Softmax of attention scores plus an additive mask, in one pass (no masked copy of the
-/// scores is made or kept for the backward pass).
-struct MaskedSoftmaxOp {
-    /// `(B, T, S)`, flattened.
-    mask: Vec<f32>,
-    /// Query rows per batch row in the scores: `(KV heads x R x T)`.
-    rows_per_batch: usize,
-    t: usize,
-}
-
-impl CustomOp1 for MaskedSoftmaxOp {
-    fn name(&self) -> &'static str {
-        "instill-masked-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let n = *l.dims().last().expect("rank >= 1");
         let y = rows(x, n, |row, r, o| {
-            // Score row `row` is query (row % t) of batch row (row / rows_per_batch).
-            let at = ((row / self.rows_per_batch) * self.t + row % self.t) * n;
-            let m = &self.mask[at..at + n];
-            let mut mx = f32::NEG_INFINITY;
-            for ((o, v), mv) in o.iter_mut().zip(r).zip(m) {
-                *o = v + mv;
-                mx = mx.max(*o);
+            match &self.mask {
+                Some(m) => o.iter_mut().zip(r).zip(m.row(row, n)).for_each(|((o, v), mv)| *o = v + mv),
+                None => o.copy_from_slice(r),
             }
+            let mx = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for o in o.iter_mut() {
                 *o = (*o - mx).exp();
@@ -156,9 +127,18 @@ impl CustomOp1 for MaskedSoftmaxOp {
     }
 
     fn bwd(&self, _x: &Tensor, p: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // dx = p * (g - sum(g * p)); the mask is a constant.
         let dot = (g * p)?.sum_keepdim(D::Minus1)?;
         Ok(Some((p * g.broadcast_sub(&dot)?)?))
     }
+}
+
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if !x.device().is_cpu() {
+        return Ok(candle_nn::ops::softmax(&x, D::Minus1)?);
+    }
+    Ok(x.apply_op1_no_bwd_if(SoftmaxOp { mask: None })?)
 }
 
 /// `softmax(scores + mask)` over the last dimension for attention scores
@@ -170,8 +150,8 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let x = scores.reshape((b, kv, rt / t.max(1), t, s))?.broadcast_add(&mask.unsqueeze(1)?)?.reshape((b, kv, rt, s))?;
         return softmax_last_dim(&x);
     }
-    let op = MaskedSoftmaxOp { mask: mask.flatten_all()?.to_vec1::<f32>()?, rows_per_batch: kv * rt, t };
-    Ok(scores.contiguous()?.apply_op1_no_bwd_if(op)?)
+    let mask = RowMask { mask: mask.flatten_all()?.to_vec1::<f32>()?, rows_per_batch: kv * rt, t };
+    Ok(scores.contiguous()?.apply_op1_no_bwd_if(SoftmaxOp { mask: Some(mask) })?)
 }
 
 // ---------- rotary embeddings ----------
