@@ -121,20 +121,55 @@ impl Block {
     }
 }
 
+/// A block's projections, in [`Block::projections`] order: (module under
+/// `model.layers.N.` in Hugging Face names, weight stem under `blk.N.` in GGUF names).
+pub const PROJECTIONS: [(&str, &str); 7] = [
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// GGUF stems of a block's norms, in [`Block::norms`] order.
+pub const NORMS: [&str; 6] = ["attn_norm", "ffn_norm", "post_attention_norm", "post_ffw_norm", "attn_q_norm", "attn_k_norm"];
+
 impl Block {
+    pub fn projections(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.attn, &self.mlp);
+        [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
+    }
+
+    pub fn projections_mut(&mut self) -> [&mut Linear; 7] {
+        self.weights_mut().0
+    }
+
+    /// The norms this family has (None where it has not that one).
+    pub fn norms(&self) -> [Option<&RmsNorm>; 6] {
+        let a = &self.attn;
+        [Some(&self.attn_norm), Some(&self.mlp_norm), self.post_attn_norm.as_ref(), self.post_mlp_norm.as_ref(), a.q_norm.as_ref(), a.k_norm.as_ref()]
+    }
+
+    /// Projections and norms, both mutable at once.
+    pub fn weights_mut(&mut self) -> ([&mut Linear; 7], [Option<&mut RmsNorm>; 6]) {
+        let (a, m) = (&mut self.attn, &mut self.mlp);
+        let norms = [Some(&mut self.attn_norm), Some(&mut self.mlp_norm), self.post_attn_norm.as_mut(), self.post_mlp_norm.as_mut(), a.q_norm.as_mut(), a.k_norm.as_mut()];
+        ([&mut a.q, &mut a.k, &mut a.v, &mut a.o, &mut m.gate, &mut m.up, &mut m.down], norms)
+    }
+
     /// The trainable tensors of this block: its adapters', and its own weights when they
     /// are variables (full tuning).
     pub fn trainable_params(&self) -> Vec<Tensor> {
-        let a = &self.attn;
-        let linears = [&a.q, &a.k, &a.v, &a.o, &self.mlp.gate, &self.mlp.up, &self.mlp.down];
+        let linears = self.projections();
         let mut out: Vec<Tensor> = linears.iter().filter_map(|l| l.adapter.as_ref()).flat_map(|d| d.params()).collect();
         for l in linears {
             if let super::linear::LinearWeight::Dense(w) = &l.weight {
                 out.extend(w.track_op().then(|| w.clone()));
             }
         }
-        let norms = [Some(&self.attn_norm), Some(&self.mlp_norm), self.post_attn_norm.as_ref(), self.post_mlp_norm.as_ref(), a.q_norm.as_ref(), a.k_norm.as_ref()];
-        out.extend(norms.into_iter().flatten().filter(|n| n.weight.track_op()).map(|n| n.weight.clone()));
+        out.extend(self.norms().into_iter().flatten().filter(|n| n.weight.track_op()).map(|n| n.weight.clone()));
         out
     }
 }

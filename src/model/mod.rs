@@ -303,18 +303,7 @@ impl CausalLm {
     pub fn projections_mut(&mut self) -> Vec<Projection<'_>> {
         let mut out = vec![];
         for (i, b) in self.blocks.iter_mut().enumerate() {
-            let a = &mut b.attn;
-            let m = &mut b.mlp;
-            let named = [
-                ("self_attn.q_proj", "attn_q", &mut a.q),
-                ("self_attn.k_proj", "attn_k", &mut a.k),
-                ("self_attn.v_proj", "attn_v", &mut a.v),
-                ("self_attn.o_proj", "attn_output", &mut a.o),
-                ("mlp.gate_proj", "ffn_gate", &mut m.gate),
-                ("mlp.up_proj", "ffn_up", &mut m.up),
-                ("mlp.down_proj", "ffn_down", &mut m.down),
-            ];
-            for (hf, gguf, linear) in named {
+            for ((hf, gguf), linear) in block::PROJECTIONS.iter().zip(b.projections_mut()) {
                 out.push(Projection { module: format!("model.layers.{i}.{hf}"), gguf: format!("blk.{i}.{gguf}.weight"), linear });
             }
         }
@@ -341,15 +330,13 @@ impl CausalLm {
         }
         for (i, b) in self.blocks.iter().enumerate() {
             let p = |s: &str| format!("blk.{i}.{s}");
-            let a = &b.attn;
-            for (n, l) in [("attn_q", &a.q), ("attn_k", &a.k), ("attn_v", &a.v), ("attn_output", &a.o), ("ffn_gate", &b.mlp.gate), ("ffn_up", &b.mlp.up), ("ffn_down", &b.mlp.down)] {
+            for ((_, n), l) in block::PROJECTIONS.iter().zip(b.projections()) {
                 out.push((p(&format!("{n}.weight")), l.dense_weight()?));
                 if let Some(bias) = &l.bias {
                     out.push((p(&format!("{n}.bias")), bias.clone()));
                 }
             }
-            let norms = [("attn_norm", Some(&b.attn_norm)), ("ffn_norm", Some(&b.mlp_norm)), ("post_attention_norm", b.post_attn_norm.as_ref()), ("post_ffw_norm", b.post_mlp_norm.as_ref()), ("attn_q_norm", a.q_norm.as_ref()), ("attn_k_norm", a.k_norm.as_ref())];
-            for (n, norm) in norms {
+            for (n, norm) in block::NORMS.iter().zip(b.norms()) {
                 if let Some(norm) = norm {
                     out.push((p(&format!("{n}.weight")), norm.weight.clone()));
                 }
@@ -362,7 +349,7 @@ impl CausalLm {
     pub fn weight_bytes_per_token(&self) -> usize {
         let mut n = self.lm_head.storage_bytes();
         for b in &self.blocks {
-            for l in [&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.mlp.gate, &b.mlp.up, &b.mlp.down] {
+            for l in b.projections() {
                 n += l.storage_bytes();
             }
         }
@@ -373,7 +360,7 @@ impl CausalLm {
     pub fn weight_summary(&self) -> String {
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
         for b in &self.blocks {
-            for l in [&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.mlp.gate, &b.mlp.up, &b.mlp.down] {
+            for l in b.projections() {
                 let k = l.quant_type().map_or("f32".to_string(), |q| format!("{q:?}"));
                 *counts.entry(k).or_default() += 1;
             }

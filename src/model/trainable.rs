@@ -20,20 +20,11 @@ impl CausalLm {
         }
         for (i, b) in self.blocks.iter_mut().enumerate() {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
-            let a = &mut b.attn;
-            for (n, l) in [("attn_q", &mut a.q), ("attn_k", &mut a.k), ("attn_v", &mut a.v), ("attn_output", &mut a.o)] {
+            let (linears, norms) = b.weights_mut();
+            for ((_, n), l) in super::block::PROJECTIONS.iter().zip(linears) {
                 out.push((p(n), Slot::Linear(l)));
             }
-            for (n, l) in [("ffn_gate", &mut b.mlp.gate), ("ffn_up", &mut b.mlp.up), ("ffn_down", &mut b.mlp.down)] {
-                out.push((p(n), Slot::Linear(l)));
-            }
-            let norms = [("attn_norm", Some(&mut b.attn_norm)), ("ffn_norm", Some(&mut b.mlp_norm)), ("post_attention_norm", b.post_attn_norm.as_mut()), ("post_ffw_norm", b.post_mlp_norm.as_mut())];
-            for (n, norm) in norms {
-                if let Some(norm) = norm {
-                    out.push((p(n), Slot::Tensor(&mut norm.weight)));
-                }
-            }
-            for (n, norm) in [("attn_q_norm", a.q_norm.as_mut()), ("attn_k_norm", a.k_norm.as_mut())] {
+            for (n, norm) in super::block::NORMS.iter().zip(norms) {
                 if let Some(norm) = norm {
                     out.push((p(n), Slot::Tensor(&mut norm.weight)));
                 }
