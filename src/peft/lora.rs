@@ -121,6 +121,11 @@ pub struct Lora {
 }
 
 const CONFIG_FILE: &str = "adapter_config.json";
+
+/// PEFT's key for `part` (`lora_A`, `lora_B`) of a module.
+fn peft_key(module: &str, part: &str) -> String {
+    format!("base_model.model.{module}.{part}.weight")
+}
 const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 impl Lora {
@@ -142,7 +147,7 @@ impl Lora {
         let tensors = candle_core::safetensors::load(&path, &model.device).map_err(|e| Error::file(&path, e.to_string()))?;
         let lora = Self::build(model, &config, 0, |module, out_f, in_f, _| {
             let get = |part: &str| -> Result<Tensor> {
-                let key = format!("base_model.model.{module}.{part}.weight");
+                let key = peft_key(module, part);
                 let t = tensors.get(&key).ok_or_else(|| Error::file(&path, format!("missing tensor {key}")))?;
                 Ok(t.to_dtype(DType::F32)?)
             };
@@ -174,37 +179,27 @@ impl Lora {
         }
         let training = Arc::new(AtomicBool::new(false));
         let dev = model.device.clone();
-        let mut made = vec![];
-        for p in model.projections_mut() {
-            if config.targets(&p.module) {
-                let (out_f, in_f) = p.linear.shape()?;
-                let (a, b) = init(&p.module, out_f, in_f, &dev)?;
-                made.push((p.module, p.gguf, a, b));
-            }
-        }
-        // B's rows follow the model's order of output features.
-        let mut converted = vec![];
-        for (module, gguf, a, b) in made {
-            let b = model.rows_to_hf(&gguf, b, false)?;
-            converted.push((module, gguf, a, b));
-        }
+        let (arch, model_config) = (model.arch, model.config.clone());
         let mut layers = vec![];
-        let mut by_module: std::collections::HashMap<String, (String, Tensor, Tensor)> =
-            converted.into_iter().map(|(m, g, a, b)| (m, (g, a, b))).collect();
         for (i, p) in model.projections_mut().into_iter().enumerate() {
-            let Some((gguf, a, b)) = by_module.remove(&p.module) else { continue };
-            let (module, linear) = (p.module, p.linear);
+            if !config.targets(&p.module) {
+                continue;
+            }
+            let (out_f, in_f) = p.linear.shape()?;
+            let (a, b) = init(&p.module, out_f, in_f, &dev)?;
+            // B's rows follow the model's order of output features.
+            let b = arch.convert(&p.gguf, b, &model_config, false)?;
             let layer = Arc::new(LoraLayer {
                 a: Var::from_tensor(&a)?,
                 b: Var::from_tensor(&b)?,
-                gguf,
+                gguf: p.gguf,
                 scale: config.scale(),
                 dropout: config.dropout as f32,
                 training: training.clone(),
                 rng: Mutex::new(StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))),
             });
-            linear.adapter = Some(layer.clone());
-            layers.push((module, layer));
+            p.linear.adapter = Some(layer.clone());
+            layers.push((p.module, layer));
         }
         if layers.is_empty() {
             return Err(Error::Input(format!("lora.target_modules {:?} match no projection (names: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)", config.target_modules)));
@@ -229,8 +224,8 @@ impl Lora {
     pub fn peft_tensors(&self, model: &CausalLm, of: impl Fn(&Var) -> Result<Tensor>) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![];
         for (m, l) in &self.layers {
-            out.push((format!("base_model.model.{m}.lora_A.weight"), of(&l.a)?));
-            out.push((format!("base_model.model.{m}.lora_B.weight"), model.rows_to_hf(&l.gguf, of(&l.b)?, true)?));
+            out.push((peft_key(m, "lora_A"), of(&l.a)?));
+            out.push((peft_key(m, "lora_B"), model.rows_to_hf(&l.gguf, of(&l.b)?, true)?));
         }
         Ok(out)
     }
@@ -244,8 +239,8 @@ impl Adapter for Lora {
     fn trainable(&self) -> Vec<(String, Var)> {
         let mut out = vec![];
         for (m, l) in &self.layers {
-            out.push((format!("base_model.model.{m}.lora_A.weight"), l.a.clone()));
-            out.push((format!("base_model.model.{m}.lora_B.weight"), l.b.clone()));
+            out.push((peft_key(m, "lora_A"), l.a.clone()));
+            out.push((peft_key(m, "lora_B"), l.b.clone()));
         }
         out
     }
