@@ -72,22 +72,23 @@ impl FastBpe {
         if !plain {
             return Err("BPE model options".into());
         }
-        let mut char_byte: HashMap<char, u8> = HashMap::new();
-        for (b, c) in byte_chars().iter().enumerate() {
-            char_byte.insert(*c, b as u8);
-        }
+        let chars = byte_chars();
+        let char_byte: HashMap<char, u8> = chars.iter().enumerate().map(|(b, c)| (*c, b as u8)).collect();
         let to_bytes = |t: &str| -> Option<Vec<u8>> { t.chars().map(|c| char_byte.get(&c).copied()).collect() };
         let vocab_json = model["vocab"].as_object().ok_or("vocab")?;
+        let ignore_merges = model["ignore_merges"].as_bool().unwrap_or(false);
         let mut ids: HashMap<&str, u32> = HashMap::with_capacity(vocab_json.len());
+        // Whole words are looked up only with `ignore_merges`.
         let mut vocab = HashMap::new();
         for (t, id) in vocab_json {
             let id = id.as_u64().ok_or("vocab id")? as u32;
             ids.insert(t, id);
-            if let Some(b) = to_bytes(t) {
-                vocab.insert(b, id);
+            if ignore_merges {
+                if let Some(b) = to_bytes(t) {
+                    vocab.insert(b, id);
+                }
             }
         }
-        let chars = byte_chars();
         let mut byte_ids = [None; 256];
         for (b, c) in chars.iter().enumerate() {
             byte_ids[b] = ids.get(c.to_string().as_str()).copied();
@@ -106,7 +107,6 @@ impl FastBpe {
             merges.insert((id(l)?, id(r)?), (rank as u32, new));
         }
         let specials = added_tokens(doc).ok_or("added tokens")?;
-        let ignore_merges = model["ignore_merges"].as_bool().unwrap_or(false);
         Ok(FastBpe {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pattern,
@@ -114,7 +114,7 @@ impl FastBpe {
             ignore_merges,
             byte_ids,
             merges,
-            vocab: if ignore_merges { vocab } else { HashMap::new() },
+            vocab,
             specials,
         })
     }
