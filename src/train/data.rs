@@ -121,26 +121,28 @@ impl<'a> Stream<'a> {
 
     /// The next micro-batch (epochs roll over).
     pub fn next_batch(&mut self) -> Rows {
-        if self.next == self.current.len() {
-            self.epoch += 1;
-            self.current = self.plan(self.epoch);
-            self.next = 0;
-        }
-        let groups = self.current[self.next].clone();
-        self.next += 1;
+        let at = self.advance();
+        let groups = self.current[at].clone();
         rows_from(groups, self.pad, |i| (&self.examples[i].ids, &self.examples[i].mask))
     }
 
     /// Skip `n` micro-batches (resuming).
     pub fn skip(&mut self, n: usize) {
         for _ in 0..n {
-            if self.next == self.current.len() {
-                self.epoch += 1;
-                self.current = self.plan(self.epoch);
-                self.next = 0;
-            }
-            self.next += 1;
+            self.advance();
         }
+    }
+
+    /// Move to the next micro-batch, planning the next epoch when this one is used up;
+    /// returns its index in the current epoch.
+    fn advance(&mut self) -> usize {
+        if self.next == self.current.len() {
+            self.epoch += 1;
+            self.current = self.plan(self.epoch);
+            self.next = 0;
+        }
+        self.next += 1;
+        self.next - 1
     }
 }
 

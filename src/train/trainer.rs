@@ -73,7 +73,7 @@ pub fn train(recipe: &Recipe, resume: bool, on_step: OnStep) -> Result<Report> {
         }),
     };
     let params: Vec<_> = adapter.trainable().into_iter().map(|(_, v)| v).collect();
-    let mut opt = AdamW::new(params.clone(), crate::train::optim::AdamWConfig { weight_decay: recipe.adamw.weight_decay, ..recipe.adamw });
+    let mut opt = AdamW::new(params.clone(), recipe.adamw);
     let start = match &latest {
         Some((_, dir)) => checkpoint::load_optimizer(dir, adapter.as_ref(), &mut opt)?.step,
         None => 0,
