@@ -78,17 +78,18 @@ impl CausalLm {
         Ok(out)
     }
 
-    /// Point the slots of `vars` at either the variable itself (trainable) or a detached
-    /// alias of it (frozen: same storage, no gradient). Half Fine-Tuning re-draws this
-    /// every stage.
-    pub fn set_trainable(&mut self, vars: &[(String, Var)], on: &dyn Fn(&str) -> bool) -> Result<()> {
+    /// Point the slots of `vars` at either the variable itself (`active[i]`: trainable) or
+    /// a detached alias of it (frozen: same storage, no gradient). Half Fine-Tuning
+    /// re-draws this every stage.
+    pub fn set_trainable(&mut self, vars: &[(String, Var)], active: &[bool]) -> Result<()> {
         let arch = self.arch;
         let tie = self.config.tie_embeddings;
         let mut head = None;
         for (gguf, slot) in self.slots() {
             let hf = super::arch::gguf_to_hf(arch, &gguf).unwrap_or(gguf.clone());
-            let Some((_, v)) = vars.iter().find(|(n, _)| *n == hf) else { continue };
-            let t = if on(&hf) { v.as_tensor().clone() } else { v.as_tensor().detach() };
+            let Some(i) = vars.iter().position(|(n, _)| *n == hf) else { continue };
+            let v = vars[i].1.as_tensor();
+            let t = if active[i] { v.clone() } else { v.detach() };
             match slot {
                 Slot::Tensor(x) => *x = t,
                 Slot::Linear(l) => l.weight = LinearWeight::Dense(t),

@@ -101,8 +101,7 @@ impl Full {
             on.extend(list.into_iter().take(k).map(|u| (b, u)));
         }
         let active: Vec<bool> = self.vars.iter().map(|(n, _)| hft_unit(n).is_none_or(|(b, _, u)| on.contains(&(b, u)))).collect();
-        let names: Vec<(String, bool)> = self.vars.iter().map(|(n, _)| n.clone()).zip(active.iter().copied()).collect();
-        model.set_trainable(&self.vars, &|n| names.iter().any(|(m, a)| m == n && *a))?;
+        model.set_trainable(&self.vars, &active)?;
         *self.active.borrow_mut() = Some(active);
         *self.stage.borrow_mut() = Some(stage);
         Ok(())
