@@ -121,17 +121,9 @@ impl Block {
     }
 }
 
-/// A block's projections, in [`Block::projections`] order: (module under
-/// `model.layers.N.` in Hugging Face names, weight stem under `blk.N.` in GGUF names).
-pub const PROJECTIONS: [(&str, &str); 7] = [
-    ("self_attn.q_proj", "attn_q"),
-    ("self_attn.k_proj", "attn_k"),
-    ("self_attn.v_proj", "attn_v"),
-    ("self_attn.o_proj", "attn_output"),
-    ("mlp.gate_proj", "ffn_gate"),
-    ("mlp.up_proj", "ffn_up"),
-    ("mlp.down_proj", "ffn_down"),
-];
+/// GGUF stems (under `blk.N.`) of a block's projections, in [`Block::projections`]
+/// order; each family's `layer_names` maps them to Hugging Face names.
+pub const PROJECTIONS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 
 /// GGUF stems of a block's norms, in [`Block::norms`] order.
 pub const NORMS: [&str; 6] = ["attn_norm", "ffn_norm", "post_attention_norm", "post_ffw_norm", "attn_q_norm", "attn_k_norm"];

@@ -301,10 +301,13 @@ impl CausalLm {
     /// (`model.layers.3.self_attn.q_proj`) and its GGUF weight name (`blk.3.attn_q.weight`),
     /// for adapters to attach to.
     pub fn projections_mut(&mut self) -> Vec<Projection<'_>> {
+        let arch = self.arch;
         let mut out = vec![];
         for (i, b) in self.blocks.iter_mut().enumerate() {
-            for ((hf, gguf), linear) in block::PROJECTIONS.iter().zip(b.projections_mut()) {
-                out.push(Projection { module: format!("model.layers.{i}.{hf}"), gguf: format!("blk.{i}.{gguf}.weight"), linear });
+            for (stem, linear) in block::PROJECTIONS.iter().zip(b.projections_mut()) {
+                let gguf = format!("blk.{i}.{stem}.weight");
+                let hf = arch::gguf_to_hf(arch, &gguf).expect("every family names its projections");
+                out.push(Projection { module: hf.trim_end_matches(".weight").to_string(), gguf, linear });
             }
         }
         out
@@ -330,7 +333,7 @@ impl CausalLm {
         }
         for (i, b) in self.blocks.iter().enumerate() {
             let p = |s: &str| format!("blk.{i}.{s}");
-            for ((_, n), l) in block::PROJECTIONS.iter().zip(b.projections()) {
+            for (n, l) in block::PROJECTIONS.iter().zip(b.projections()) {
                 out.push((p(&format!("{n}.weight")), l.dense_weight()?));
                 if let Some(bias) = &l.bias {
                     out.push((p(&format!("{n}.bias")), bias.clone()));

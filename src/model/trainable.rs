@@ -21,7 +21,7 @@ impl CausalLm {
         for (i, b) in self.blocks.iter_mut().enumerate() {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
             let (linears, norms) = b.weights_mut();
-            for ((_, n), l) in super::block::PROJECTIONS.iter().zip(linears) {
+            for (n, l) in super::block::PROJECTIONS.iter().zip(linears) {
                 out.push((p(n), Slot::Linear(l)));
             }
             for (n, norm) in super::block::NORMS.iter().zip(norms) {
