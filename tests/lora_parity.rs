@@ -145,3 +145,30 @@ fn adapters_round_trip_in_peft_layout_and_merge_to_equal_logits() {
     let d = common::max_abs_diff(&logits, &with_adapter);
     assert!(d < 1e-3, "merged model's logits differ from base + adapter by {d}");
 }
+
+/// `precision: bf16` holds the frozen base in bf16: half the projection memory, and the
+/// loss and gradients stay within bf16 rounding of PEFT's f32 reference (but are not
+/// identical to the f32 run, so the setting does something).
+#[test]
+fn bf16_base_halves_weight_memory_and_stays_close_to_peft() {
+    let s = common::source("smollm2-135m-instruct");
+    let load = |dtype| instill::CausalLm::load(&s, &instill::LoadOptions { dequantize: true, weight_dtype: dtype, ..Default::default() }).unwrap();
+    let (mut f32_model, mut bf16_model) = (load(candle_core::DType::F32), load(candle_core::DType::BF16));
+    let bytes = |m: &mut instill::CausalLm| m.projections_mut().iter().map(|p| p.linear.storage_bytes()).sum::<usize>();
+    assert_eq!(bytes(&mut f32_model), 2 * bytes(&mut bf16_model));
+    let (rows, b) = fixture_rows();
+    let run = |model: &mut instill::CausalLm| {
+        let lora = Lora::load(model, &common::fixture("lora")).unwrap();
+        lora.set_training(true);
+        let params: Vec<_> = lora.trainable().into_iter().map(|(_, v)| v).collect();
+        loss_and_grads(model, std::slice::from_ref(&rows), &params).unwrap()
+    };
+    let (full, half) = (run(&mut f32_model), run(&mut bf16_model));
+    let want = b["loss"].as_f64().unwrap();
+    assert!(half.loss != full.loss, "bf16 weights gave exactly the f32 loss");
+    assert!((half.loss - want).abs() < 2e-2 * want, "bf16 loss {} vs PEFT f32 {want}", half.loss);
+    for (i, (h, f)) in half.grads.iter().zip(&full.grads).enumerate() {
+        let e = rel_err(h, f);
+        assert!(e < 5e-2, "gradient {i}: bf16 base differs from f32 by {e:.2e}");
+    }
+}

@@ -51,13 +51,14 @@ fn peak_rss_mib() -> f64 {
 fn worker(a: &TrainBench, mode: &str) -> Result<serde_json::Value> {
     let source = instill::hub::resolve("smollm2-135m-instruct", true)?;
     let (dequantize, checkpointing) = match mode {
-        "lora" | "full" => (true, false),
+        "lora" | "full" | "lora-bf16" => (true, false),
         "qlora" => (false, false),
-        "lora-gc" | "full-gc" => (true, true),
+        "lora-gc" | "full-gc" | "lora-bf16-gc" => (true, true),
         "qlora-gc" => (false, true),
         m => bail!("unknown mode {m}"),
     };
-    let mut model = instill::CausalLm::load(&source, &instill::LoadOptions { dequantize, ..Default::default() })?;
+    let weight_dtype = if mode.contains("bf16") { candle_core::DType::BF16 } else { candle_core::DType::F32 };
+    let mut model = instill::CausalLm::load(&source, &instill::LoadOptions { dequantize, weight_dtype, ..Default::default() })?;
     model.checkpointing = checkpointing;
     let full = mode.starts_with("full");
     let adapter: Box<dyn Adapter> = if full {
@@ -162,13 +163,15 @@ pub fn run(a: TrainBench) -> Result<()> {
     if torch_lora.is_some() {
         println!("| PyTorch+PEFT LoRA (fp32) | {t_rate:.0} | {t_rss:.0} | - | 1.00x | 1.00x |");
     }
-    for mode in ["lora", "qlora", "lora-gc", "qlora-gc", "full", "full-gc"] {
+    for mode in ["lora", "lora-bf16", "qlora", "lora-gc", "lora-bf16-gc", "qlora-gc", "full", "full-gc"] {
         let r = ours(mode)?;
         let tps = r["tokens_per_s"].as_f64().unwrap_or(0.0);
         let rss = r["peak_rss_mib"].as_f64().unwrap_or(0.0);
         let mfu = tps * r["flops_per_token"].as_f64().unwrap_or(0.0) / rate;
         let label = match mode {
             "lora" => "instill LoRA (f32 base)",
+            "lora-bf16" => "instill LoRA (bf16 base)",
+            "lora-bf16-gc" => "instill LoRA (bf16 base), gradient checkpointing",
             "qlora" => "instill QLoRA (Q4_1 base)",
             "lora-gc" => "instill LoRA, gradient checkpointing",
             "qlora-gc" => "instill QLoRA, gradient checkpointing",

@@ -93,6 +93,9 @@ impl Linear {
             LinearWeight::Dense(w) => {
                 let dims = x.dims().to_vec();
                 let (in_f, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1]);
+                // A bf16 weight is widened for the product: candle has no bf16 GEMM on the
+                // CPU (its own bf16 matmul widens both sides), so this keeps x in f32.
+                let w = &w.to_dtype(x.dtype())?;
                 let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
                 let mut out = dims;
                 *out.last_mut().expect("rank >= 1") = w.dim(0)?;
@@ -128,7 +131,7 @@ impl Linear {
     /// The weight as a dense `(out, in)` f32 tensor.
     pub fn dense_weight(&self) -> Result<Tensor> {
         Ok(match &self.weight {
-            LinearWeight::Dense(w) => w.clone(),
+            LinearWeight::Dense(w) => w.to_dtype(candle_core::DType::F32)?,
             LinearWeight::Quant(q, _) => q.dequantize(&q.device())?,
         })
     }

@@ -32,12 +32,15 @@ use weights::{Weight, WeightStore};
 pub struct LoadOptions {
     /// Dequantize every GGUF tensor to f32 (exact reference numerics, more memory).
     pub dequantize: bool,
+    /// How dense projection weights are held: f32, or bf16 for half the memory (each is
+    /// widened to f32 when it multiplies, so activations and gradients stay f32).
+    pub weight_dtype: DType,
     pub device: Device,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { dequantize: false, device: Device::Cpu }
+        LoadOptions { dequantize: false, weight_dtype: DType::F32, device: Device::Cpu }
     }
 }
 
@@ -104,7 +107,7 @@ impl CausalLm {
                 Some(b) => Some(b.dense()?),
                 None => None,
             };
-            make_linear(w.get(&format!("{name}.weight"))?, bias, opts.dequantize)
+            make_linear(w.get(&format!("{name}.weight"))?, bias, opts)
         };
         let norm = |name: &str| -> Result<RmsNorm> { Ok(RmsNorm { weight: w.get(name)?.dense()?, eps: c.rms_eps }) };
         let opt_norm = |name: &str, on: bool| -> Result<Option<RmsNorm>> { if on { norm(name).map(Some) } else { Ok(None) } };
@@ -141,7 +144,7 @@ impl CausalLm {
             _ => Embedding::Dense(emb_w.dense()?),
         };
         let head_w = w.opt("output.weight").unwrap_or(emb_w);
-        let lm_head = make_linear(head_w, None, opts.dequantize)?;
+        let lm_head = make_linear(head_w, None, opts)?;
         check_shapes(c, &embed, &w.path)?;
         Ok(CausalLm {
             norm: norm("output_norm.weight")?,
@@ -391,10 +394,10 @@ pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     out.expect("scope ran the closure")
 }
 
-fn make_linear(w: &Weight, bias: Option<Tensor>, dequantize: bool) -> Result<Linear> {
+fn make_linear(w: &Weight, bias: Option<Tensor>, opts: &LoadOptions) -> Result<Linear> {
     match w {
-        Weight::Quant(q) if w.is_block_quantized() && !dequantize => Linear::quantized(q.clone(), bias),
-        _ => Ok(Linear::dense(w.dense()?.to_dtype(DType::F32)?, bias)),
+        Weight::Quant(q) if w.is_block_quantized() && !opts.dequantize => Linear::quantized(q.clone(), bias),
+        _ => Ok(Linear::dense(w.dense()?.to_dtype(opts.weight_dtype)?, bias)),
     }
 }
 

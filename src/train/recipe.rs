@@ -22,6 +22,10 @@ pub struct Recipe {
     /// LoRA on it is QLoRA.
     #[serde(default)]
     pub dequantize: bool,
+    /// How the dequantized frozen weights are held: `f32`, or `bf16` for half their
+    /// memory. Trainable tensors, optimizer state and activations are always f32.
+    #[serde(default)]
+    pub precision: Precision,
     /// Training data files (any layout `instill data` reads), or a mixture YAML.
     pub data: Vec<DataSource>,
     /// Held-out data for validation loss; or `val_fraction` of the training data.
@@ -92,6 +96,23 @@ pub struct DataSource {
     pub format: Option<String>,
     #[serde(default)]
     pub skip_invalid: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +197,9 @@ impl Recipe {
         }
         if self.method == Method::Prompt && self.packing {
             return Err("packing: prompt tuning puts the soft prompt before each example, so it needs `packing: false`".into());
+        }
+        if self.precision == Precision::Bf16 && !self.dequantize {
+            return Err("precision: bf16 holds the dequantized base in bf16, so it needs `dequantize: true` (a quantized base is already smaller)".into());
         }
         if self.max_steps == Some(0) {
             return Err("max_steps: must be at least 1".into());

@@ -56,7 +56,7 @@ pub fn train(recipe: &Recipe, resume: bool, on_step: OnStep) -> Result<Report> {
         (Some((_, dir)), Method::Full) => crate::hub::ModelSource::HfDir(dir.clone()),
         _ => source.clone(),
     };
-    let mut model = CausalLm::load(&model_source, &LoadOptions { dequantize: recipe.dequantize, ..Default::default() })?;
+    let mut model = CausalLm::load(&model_source, &LoadOptions { dequantize: recipe.dequantize, weight_dtype: recipe.precision.dtype(), ..Default::default() })?;
     let tmpl = tok.template(recipe.template.as_deref())?;
     model.checkpointing = recipe.gradient_checkpointing;
     let (train_set, val_set, _) = load(recipe, &tok, &tmpl)?;
