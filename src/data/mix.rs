@@ -43,6 +43,10 @@ pub struct Source {
     pub format: Option<String>,
     /// SuperNI: positive examples per prompt.
     pub k_shot: Option<usize>,
+    /// At most this many examples from all of this source's files together, spread one
+    /// at a time over its files in a seeded order (after `fraction` and `max`): with
+    /// `max: 1`, `total: 40` is one instance from each of 40 tasks.
+    pub total: Option<usize>,
     /// Files whose records' `id`s are left out (e.g. an evaluation set).
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -160,6 +164,13 @@ pub fn plan(m: &Mixture, base: &Path) -> Result<Plan> {
             }
             pools.push((file, opts.clone(), order, si));
         }
+        if let Some(t) = s.total {
+            let mine: Vec<usize> = (0..pools.len()).filter(|&p| pools[p].3 == si).collect();
+            let keep = spread(&mine.iter().map(|&p| pools[p].2.len()).collect::<Vec<_>>(), t, &mut rng);
+            for (&p, k) in mine.iter().zip(keep) {
+                pools[p].2.truncate(k);
+            }
+        }
     }
     let sizes: Vec<usize> = pools.iter().map(|p| p.2.len()).collect();
     let available: usize = sizes.iter().sum();
@@ -239,6 +250,24 @@ pub fn mix(m: &Mixture, base: &Path) -> Result<Mixed> {
     Ok(Mixed { records: slots.into_iter().flatten().collect(), counts: p.counts, problems: p.problems })
 }
 
+/// How many of each pool to keep so that `total` are kept in all: one at a time from each
+/// pool in a seeded order, round after round.
+fn spread(sizes: &[usize], total: usize, rng: &mut StdRng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.shuffle(rng);
+    let mut keep = vec![0; sizes.len()];
+    let mut left = total.min(sizes.iter().sum());
+    while left > 0 {
+        for &i in &order {
+            if left > 0 && keep[i] < sizes[i] {
+                keep[i] += 1;
+                left -= 1;
+            }
+        }
+    }
+    keep
+}
+
 /// Each pool's share: size^(1/T); a source with a weight gets that weight in all, split
 /// over its files in proportion to their size^(1/T).
 fn shares(m: &Mixture, source_of: &[usize], sizes: &[usize]) -> Vec<f64> {
@@ -292,6 +321,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_source_total_is_spread_one_at_a_time() {
+        let keep = spread(&[1, 1, 1, 1, 1], 2, &mut StdRng::seed_from_u64(0));
+        assert_eq!((keep.iter().sum::<usize>(), keep.iter().max()), (2, Some(&1)));
+        assert_eq!(spread(&[5, 1, 3], 7, &mut StdRng::seed_from_u64(0)).iter().sum::<usize>(), 7);
+        let mut small = spread(&[5, 1, 3], 7, &mut StdRng::seed_from_u64(1));
+        small.sort();
+        assert_eq!(small, vec![1, 3, 3]);
+        assert_eq!(spread(&[2, 2], 10, &mut StdRng::seed_from_u64(0)), vec![2, 2]);
+    }
+
+    #[test]
     fn allocation_follows_weights_caps_and_temperature() {
         assert_eq!(allocate(&[1.0, 3.0], &[1000, 1000], 400), vec![100, 300]);
         // A capped pool's remainder goes to the others.
@@ -299,7 +339,7 @@ mod tests {
         assert_eq!(allocate(&[1.0, 1.0], &[3, 4], 100), vec![3, 4]);
         // Shares: proportional to size at T=1, flatter at high T; a weighted source's
         // weight is split over its files.
-        let src = |weight: Option<f64>| Source { path: String::new(), weight, max: None, fraction: None, format: None, k_shot: None, exclude: vec![], held_out_tasks: vec![] };
+        let src = |weight: Option<f64>| Source { path: String::new(), weight, max: None, total: None, fraction: None, format: None, k_shot: None, exclude: vec![], held_out_tasks: vec![] };
         let m = |t: f64, sources: Vec<Source>| Mixture { seed: 0, total: None, temperature: t, sources };
         assert_eq!(allocate(&shares(&m(1.0, vec![src(None), src(None)]), &[0, 1], &[100, 900]), &[100, 900], 100), vec![10, 90]);
         let flat = allocate(&shares(&m(1000.0, vec![src(None), src(None)]), &[0, 1], &[100, 900]), &[100, 900], 100);

@@ -42,9 +42,10 @@ pub fn load(recipe: &Recipe, tok: &Tokenizer, tmpl: &ChatTemplate) -> Result<(Ve
 
 fn read_all(sources: &[DataSource], recipe: &Recipe, tok: &Tokenizer, tmpl: &ChatTemplate, counts: &mut Counts) -> Result<Vec<Tokenized>> {
     let mut out = vec![];
-    for s in sources {
+    for (i, s) in sources.iter().enumerate() {
         let opts = ReadOptions { format: s.format.clone(), skip_invalid: s.skip_invalid, ..Default::default() };
-        let (seqs, _) = tokenized(&s.path, tok, tmpl, recipe.loss_on, &opts, &default_dir())?;
+        let file = materialize(&s.path, &recipe.output_dir(), i)?;
+        let (seqs, _) = tokenized(&file, tok, tmpl, recipe.loss_on, &opts, &default_dir())?;
         if seqs.iter().any(|t| t.side != Side::Conversation) {
             return Err(Error::file(&s.path, "holds preference pairs; supervised fine-tuning trains on conversations (preference methods come with DPO/ORPO)"));
         }
@@ -61,6 +62,25 @@ fn read_all(sources: &[DataSource], recipe: &Recipe, tok: &Tokenizer, tmpl: &Cha
             }
         }
     }
+    Ok(out)
+}
+
+/// A mixture YAML is drawn (seeded, so the same every time) into `mixture-<i>.jsonl` in
+/// the run directory, which then records exactly what was trained on; data files are
+/// used as they are.
+fn materialize(path: &std::path::Path, run_dir: &std::path::Path, i: usize) -> Result<std::path::PathBuf> {
+    let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    if !is_yaml {
+        return Ok(path.to_path_buf());
+    }
+    let m = crate::data::mix::Mixture::from_file(path)?;
+    let plan = crate::data::mix::plan(&m, path.parent().unwrap_or(std::path::Path::new(".")))?;
+    if let Some(p) = plan.problems.first() {
+        return Err(Error::file(path, format!("{} problem(s) in its sources, the first: {p}", plan.problems.len())));
+    }
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::file(run_dir, e.to_string()))?;
+    let out = run_dir.join(format!("mixture-{i}.jsonl"));
+    plan.write(&out)?;
     Ok(out)
 }
 

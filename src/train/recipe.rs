@@ -223,9 +223,22 @@ fn apply_set(doc: &mut serde_yaml::Value, set: &str) -> std::result::Result<(), 
     let mut at = doc;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, p) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        // A number indexes into an existing list (`data.0.path=...`).
+        if at.is_sequence() {
+            let list = at.as_sequence_mut().expect("a sequence");
+            let n = list.len();
+            let slot = p.parse::<usize>().ok().and_then(|j| list.get_mut(j));
+            at = slot.ok_or_else(|| format!("--set {key}: {} is a list of {n}; {p:?} is not an index in it", parts[..i].join(".")))?;
+            if last {
+                *at = value;
+                return Ok(());
+            }
+            continue;
+        }
         let map = at.as_mapping_mut().ok_or_else(|| format!("--set {key}: {} is not a map", parts[..i].join(".")))?;
         let k = serde_yaml::Value::String(p.to_string());
-        if i + 1 == parts.len() {
+        if last {
             map.insert(k, value);
             return Ok(());
         }
@@ -262,5 +275,10 @@ mod tests {
         assert!(e.contains("learning_rate"), "{e}");
         let e = Recipe::load(&p, &["batch_size=0".into()]).unwrap_err().to_string();
         assert!(e.contains("batch_size"), "{e}");
+        std::fs::write(p.with_file_name("e.jsonl"), "{}\n").unwrap();
+        let r = Recipe::load(&p, &["data.0.path=e.jsonl".into()]).unwrap();
+        assert!(r.data[0].path.ends_with("e.jsonl"));
+        let e = Recipe::load(&p, &["data.3.path=e.jsonl".into()]).unwrap_err().to_string();
+        assert!(e.contains("list of 1"), "{e}");
     }
 }
