@@ -6,6 +6,7 @@ pub mod bench;
 pub mod data;
 pub mod decode;
 pub mod error;
+pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod peft;

@@ -101,3 +101,47 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
+
+/// Grouped horizontal bars: one row per label (its name written above its bars), one
+/// bar per series, written atomically as PNG. Horizontal, so long names stay readable.
+pub fn bars(path: &Path, title: &str, x_label: &str, labels: &[String], series: &[(&str, Vec<f64>)]) -> Result<()> {
+    ensure_font()?;
+    if labels.is_empty() || series.is_empty() {
+        return Err(Error::Input(format!("{title}: nothing to plot")));
+    }
+    let top = series.iter().flat_map(|s| s.1.iter().copied()).fold(0f64, f64::max).max(1.0) * 1.15;
+    let rows = labels.len();
+    let height = (140 + rows * (22 + 14 * series.len())).min(6000) as u32;
+    let tmp = path.with_extension("partial.png");
+    {
+        let root = BitMapBackend::new(&tmp, (1000, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(10)
+            .build_cartesian_2d(0f64..top, 0f64..rows as f64)
+            .map_err(|e| draw_err(path, e))?;
+        chart.configure_mesh().x_desc(x_label).disable_y_axis().disable_y_mesh().draw().map_err(|e| draw_err(path, e))?;
+        // Row r spans [r, r + 1) from the top: its name in the upper part, then the bars.
+        let y_of = |r: usize, f: f64| (rows - 1 - r) as f64 + 1.0 - f;
+        let names = labels.iter().enumerate().map(|(r, l)| Text::new(l.clone(), (top * 0.005, y_of(r, 0.05)), ("sans-serif", 14)));
+        chart.draw_series(names).map_err(|e| draw_err(path, e))?;
+        let k = series.len() as f64;
+        for (si, (name, vals)) in series.iter().enumerate() {
+            let color = Palette99::pick(si).to_rgba();
+            let (a, b) = (0.35 + 0.6 * si as f64 / k, 0.35 + 0.6 * (si as f64 + 0.85) / k);
+            let rects = vals.iter().enumerate().map(move |(r, &v)| Rectangle::new([(0.0, y_of(r, a)), (v, y_of(r, b))], color.filled()));
+            chart
+                .draw_series(rects)
+                .map_err(|e| draw_err(path, e))?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+        }
+        chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| draw_err(path, e))?;
+        root.present().map_err(|e| draw_err(path, e))?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

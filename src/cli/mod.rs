@@ -4,6 +4,7 @@ mod bench_data;
 mod bench_train;
 mod chat;
 mod data;
+mod eval;
 mod export;
 mod fetch;
 mod generate;
@@ -42,6 +43,11 @@ enum Cmd {
     Sft(sft::SftArgs),
     /// Write a model as a Hugging Face directory (config.json, safetensors, tokenizer).
     Export(export::ExportArgs),
+    /// Evaluate a model (with an adapter) on SuperNI, GSM8K or any JSONL; compare reports.
+    #[command(subcommand)]
+    Eval(eval::EvalCmd),
+    /// Score existing predictions with one metric.
+    Score(eval::ScoreArgs),
     /// Measure speed against the peers (llama.cpp, PyTorch) in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -96,5 +102,7 @@ pub fn run() -> Result<()> {
         Cmd::Sft(a) => sft::run(a),
         Cmd::Data(d) => data::run(d),
         Cmd::Bench(b) => bench::run(b),
+        Cmd::Eval(e) => eval::run(e),
+        Cmd::Score(a) => eval::score(a),
     }
 }
