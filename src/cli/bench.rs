@@ -14,6 +14,8 @@ pub enum BenchCmd {
     Data(super::bench_data::DataBench),
     /// LoRA / QLoRA training tokens/s and peak memory against PyTorch + PEFT.
     Train(super::bench_train::TrainBench),
+    /// SuperNI evaluation examples/s against a transformers generate loop.
+    Eval(super::bench_eval::EvalBench),
 }
 
 #[derive(Args)]
@@ -39,6 +41,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
         BenchCmd::Generate(a) => a,
         BenchCmd::Data(d) => return super::bench_data::run(d),
         BenchCmd::Train(t) => return super::bench_train::run(t),
+        BenchCmd::Eval(e) => return super::bench_eval::run(e),
     };
     let threads = rayon::current_num_threads();
     let bw = memory_read_bandwidth(threads);
