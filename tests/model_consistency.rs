@@ -50,6 +50,18 @@ fn left_padded_batch_matches_single_rows() {
         let alone = generate(&m, &tok, std::slice::from_ref(p), &opts, &mut |_, _| {}).unwrap();
         assert_eq!(together[r].tokens, alone[0].tokens, "row {r}: batched greedy output differs");
     }
+    // Rows that finish early leave the batch; the others go on exactly as alone. A stop
+    // string taken from one row's own output ends that row first.
+    let three = vec![prompts[0].clone(), prompts[1].clone(), ids(&tok, "The three primary colours are")];
+    let first = generate(&m, &tok, &three[..1], &opts, &mut |_, _| {}).unwrap();
+    let stop: String = first[0].text.chars().take(4).collect();
+    let opts = GenerateOptions { stop_strings: vec![stop], ..opts };
+    let together = generate(&m, &tok, &three, &opts, &mut |_, _| {}).unwrap();
+    assert!(together[0].tokens.len() < together.iter().map(|g| g.tokens.len()).max().unwrap(), "row 0 should finish first");
+    for (r, p) in three.iter().enumerate() {
+        let alone = generate(&m, &tok, std::slice::from_ref(p), &opts, &mut |_, _| {}).unwrap();
+        assert_eq!((&together[r].tokens, &together[r].text), (&alone[0].tokens, &alone[0].text), "row {r} after others finished");
+    }
 }
 
 #[test]

@@ -45,8 +45,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let adapter = margs.adapter.take();
     let (mut model, tok) = margs.load()?;
     if let Some(dir) = adapter {
-        let cfg = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap_or_default();
-        if cfg.contains("PROMPT_TUNING") {
+        if instill::peft::peft_type(&dir)? == "PROMPT_TUNING" {
             bail!("{}: a prompt-tuning adapter cannot be merged into the weights; use it with --adapter", dir.display());
         }
         instill::peft::lora::Lora::load(&mut model, &dir)?.merge_into(&mut model)?;

@@ -86,14 +86,13 @@ fn generate_here(
     let mut cache = model.new_cache();
     let mut logits = model.forward(&Batch::left_padded(prompts, pad)?, Some(&mut cache), LogitsFor::Last)?;
     let mut positions: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
+    // Rows still generating, in the cache's (and the logits') row order.
+    let mut live: Vec<usize> = (0..rows.len()).collect();
     for _ in 0..opts.max_new_tokens {
         let rows_logits = logits.to_vec2::<f32>()?;
-        let mut next = Vec::with_capacity(rows.len());
-        for (i, (row, mut l)) in rows.iter_mut().zip(rows_logits).enumerate() {
-            if row.finish.is_some() {
-                next.push(pad);
-                continue;
-            }
+        let mut next = Vec::with_capacity(live.len());
+        for (&i, mut l) in live.iter().zip(rows_logits) {
+            let row = &mut rows[i];
             if row.tokens.len() < opts.min_new_tokens {
                 for &s in &tok.stop_ids {
                     if let Some(x) = l.get_mut(s as usize) {
@@ -114,11 +113,19 @@ fn generate_here(
                 row.finish = Some(FinishReason::ContextFull);
             }
         }
-        if rows.iter().all(|r| r.finish.is_some()) {
+        let keep: Vec<usize> = (0..live.len()).filter(|&j| rows[live[j]].finish.is_none()).collect();
+        if keep.is_empty() {
             break;
         }
-        let step = Batch::step(&next, &positions);
-        positions.iter_mut().for_each(|p| *p += 1);
+        // Finished rows leave the batch: later steps no longer compute them.
+        if keep.len() < live.len() {
+            cache.retain_rows(&keep)?;
+            next = keep.iter().map(|&j| next[j]).collect();
+            live = keep.iter().map(|&j| live[j]).collect();
+        }
+        let pos: Vec<u32> = live.iter().map(|&i| positions[i]).collect();
+        let step = Batch::step(&next, &pos);
+        live.iter().for_each(|&i| positions[i] += 1);
         logits = model.forward(&step, Some(&mut cache), LogitsFor::Last)?;
     }
     Ok(finish_all(rows, FinishReason::Length))

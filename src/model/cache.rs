@@ -31,6 +31,22 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Keep only the rows `keep` (indices into the current rows, in order): generation
+    /// drops rows that have finished, so later steps stop computing them.
+    pub fn retain_rows(&mut self, keep: &[usize]) -> Result<()> {
+        let idx = Tensor::from_vec(keep.iter().map(|&i| i as u32).collect::<Vec<_>>(), keep.len(), &Device::Cpu)?;
+        for layer in &mut self.layers {
+            let (Some(k), Some(v)) = (layer.k()?, layer.v()?) else { continue };
+            let idx = idx.to_device(k.device())?;
+            let (k, v) = (k.contiguous()?.index_select(&idx, 0)?, v.contiguous()?.index_select(&idx, 0)?);
+            let mut fresh = candle_nn::kv_cache::KvCache::new(2, layer.k_cache().max_seq_len());
+            fresh.append(&k, &v)?;
+            *layer = fresh;
+        }
+        self.keys = keep.iter().map(|&i| std::mem::take(&mut self.keys[i])).collect();
+        Ok(())
+    }
+
     /// Record the new tokens' key metadata (called once per forward, before the layers).
     pub fn push_keys(&mut self, batch: &Batch) {
         if self.keys.is_empty() {

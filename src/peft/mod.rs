@@ -30,14 +30,19 @@ pub trait Adapter {
 /// Load an adapter directory in PEFT's layout onto `model`: LoRA or prompt tuning,
 /// by its `adapter_config.json`.
 pub fn load_adapter(model: &mut crate::CausalLm, dir: &Path) -> Result<Box<dyn Adapter>> {
+    match peft_type(dir)?.as_str() {
+        "LORA" => Ok(Box::new(lora::Lora::load(model, dir)?)),
+        "PROMPT_TUNING" => Ok(Box::new(prompt::PromptTuning::load(model, dir)?)),
+        other => Err(crate::Error::file(&dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA and PROMPT_TUNING adapters"))),
+    }
+}
+
+/// The `peft_type` of an adapter directory's `adapter_config.json`.
+pub fn peft_type(dir: &Path) -> Result<String> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::file(&path, e.to_string()))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| crate::Error::file(&path, format!("invalid JSON: {e}")))?;
-    match v["peft_type"].as_str() {
-        Some("LORA") => Ok(Box::new(lora::Lora::load(model, dir)?)),
-        Some("PROMPT_TUNING") => Ok(Box::new(prompt::PromptTuning::load(model, dir)?)),
-        other => Err(crate::Error::file(&path, format!("peft_type {other:?}: instill loads LORA and PROMPT_TUNING adapters"))),
-    }
+    v["peft_type"].as_str().map(str::to_string).ok_or_else(|| crate::Error::file(&path, "no \"peft_type\" string"))
 }
 
 /// Write `bytes` to `path` through a temp file and a rename.
