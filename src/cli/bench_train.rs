@@ -25,6 +25,9 @@ pub struct TrainBench {
     /// Python with torch, transformers, peft, gguf for the peer; `none` skips it.
     #[arg(long, env = "INSTILL_PEER_PYTHON", default_value = "/tmp/ref-venv/bin/python")]
     peer_python: String,
+    /// Configurations to run (default: all).
+    #[arg(long, value_delimiter = ',', default_value = "lora,lora-bf16,qlora,lora-gc,lora-bf16-gc,qlora-gc,full,full-gc")]
+    modes: Vec<String>,
     /// The peer script (from ../shared/bench/peers).
     #[arg(long, default_value = "../shared/bench/peers/sft_lora_torch.py")]
     peer_script: std::path::PathBuf,
@@ -163,7 +166,7 @@ pub fn run(a: TrainBench) -> Result<()> {
     if torch_lora.is_some() {
         println!("| PyTorch+PEFT LoRA (fp32) | {t_rate:.0} | {t_rss:.0} | - | 1.00x | 1.00x |");
     }
-    for mode in ["lora", "lora-bf16", "qlora", "lora-gc", "lora-bf16-gc", "qlora-gc", "full", "full-gc"] {
+    for mode in a.modes.iter().map(String::as_str) {
         let r = ours(mode)?;
         let tps = r["tokens_per_s"].as_f64().unwrap_or(0.0);
         let rss = r["peak_rss_mib"].as_f64().unwrap_or(0.0);
@@ -176,11 +179,13 @@ pub fn run(a: TrainBench) -> Result<()> {
             "lora-gc" => "instill LoRA, gradient checkpointing",
             "qlora-gc" => "instill QLoRA, gradient checkpointing",
             "full" => "instill full fine-tuning",
-            _ => "instill full fine-tuning, gradient checkpointing",
+            "full-gc" => "instill full fine-tuning, gradient checkpointing",
+            m => bail!("unknown mode {m}: use lora, lora-bf16, qlora, lora-gc, lora-bf16-gc, qlora-gc, full or full-gc"),
         };
         println!("| {label} | {tps:.0} | {rss:.0} | {:.0}% | {:.2}x | {:.2}x |", mfu * 100.0, tps / t_rate, rss / t_rss);
     }
-    if let Some(p) = peer(true)? {
+    let full_peer = if a.modes.iter().any(|m| m.starts_with("full")) { peer(true)? } else { None };
+    if let Some(p) = full_peer {
         println!("| PyTorch full fine-tuning (fp32) | {:.0} | {:.0} | - | - | - |", p["tokens_per_s"].as_f64().unwrap_or(f64::NAN), p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
     }
     Ok(())
