@@ -5,14 +5,14 @@
 # k=2), and compare. Run from the repository root after `cargo build --release`.
 set -euo pipefail
 bin=./target/release/instill
-eval_args=(--data ../shared/data/superni/eval_dev.jsonl --k-shot 2 --per-task 1 --seed 0 --max-new-tokens 48 --batch-size 8)
+eval_args=(--data ../shared/data/superni/eval_dev.jsonl --k-shot 2 --per-task 2 --seed 0 --max-new-tokens 48 --batch-size 8)
 for pct in 100 25 6; do
   [ -d runs/ql-$pct/adapter ] || $bin sft experiments/quick-learners/lora-gemma.yaml --set name=ql-$pct --set data.0.path=mix-$pct.yaml
 done
 # The base model continues the plain SuperNI prompt; the tuned ones were trained on it
 # inside the Alpaca template, so they are asked the same way.
-$bin eval superni -m gemma3-270m "${eval_args[@]}" --out reports/ql-base
+$bin eval superni -m gemma3-270m "${eval_args[@]}" --out reports/ql2-base
 for pct in 6 25 100; do
-  $bin eval superni -m gemma3-270m --adapter runs/ql-$pct/adapter --template alpaca "${eval_args[@]}" --out reports/ql-$pct
+  $bin eval superni -m gemma3-270m --adapter runs/ql-$pct/adapter --template alpaca "${eval_args[@]}" --out reports/ql2-$pct
 done
-$bin eval compare reports/ql-base reports/ql-6 reports/ql-25 reports/ql-100 --out reports/ql-compare
+$bin eval compare reports/ql2-base reports/ql2-6 reports/ql2-25 reports/ql2-100 --out reports/ql2-compare

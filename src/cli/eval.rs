@@ -142,6 +142,9 @@ pub struct ParaphraseArgs {
     /// Wordings per task.
     #[arg(long, default_value_t = 3)]
     n: usize,
+    /// Only these tasks (default: every task in the file).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Chat template for the request (default: the model's own).
@@ -218,7 +221,12 @@ fn paraphrase(a: ParaphraseArgs) -> Result<()> {
         let (Some(t), Some(d)) = (v["task"].as_str(), v["definition"].as_str()) else {
             bail!("{}:{}: needs \"task\" and \"definition\" strings", a.data.display(), n + 1);
         };
-        defs.entry(t.to_string()).or_insert_with(|| d.to_string());
+        if a.tasks.is_empty() || a.tasks.iter().any(|x| x == t) {
+            defs.entry(t.to_string()).or_insert_with(|| d.to_string());
+        }
+    }
+    if let Some(missing) = a.tasks.iter().find(|t| !defs.contains_key(*t)) {
+        bail!("{}: no task {missing:?}", a.data.display());
     }
     let (model, tok) = a.model.load()?;
     let alts = robustness::paraphrase(&model, &tok, &defs, a.n, a.seed, a.template.as_deref())?;
