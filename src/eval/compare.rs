@@ -144,3 +144,23 @@ impl Comparison {
         crate::plot::bars(&out.join("categories.png"), "Primary metric by category", "score (0-100)", &labels, &series)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(id: &str, correct: bool) -> Scored {
+        Scored { id: id.into(), task: "t".into(), categories: vec![], prediction: format!("{id}-{correct}"), references: vec!["r".into()], scores: Default::default(), primary: "exact_match".into(), correct, prompt_tokens: 0, new_tokens: 0 }
+    }
+
+    #[test]
+    fn flips_count_by_id() {
+        let before = [s("a", true), s("b", true), s("c", false), s("d", false), s("only-before", true)];
+        let after = [s("d", true), s("c", false), s("b", false), s("a", true), s("only-after", false)];
+        let f = flips(&before, &after);
+        assert_eq!((f.common, f.negative, f.positive), (4, 1, 1));
+        assert_eq!((f.negative_rate, f.positive_rate), (25.0, 25.0));
+        assert_eq!(f.negative_examples[0].0, "b");
+        assert_eq!(f.negative_examples[0].4, "b-false");
+    }
+}
