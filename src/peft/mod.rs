@@ -33,7 +33,7 @@ pub fn load_adapter(model: &mut crate::CausalLm, dir: &Path) -> Result<Box<dyn A
     match peft_type(dir)?.as_str() {
         "LORA" => Ok(Box::new(lora::Lora::load(model, dir)?)),
         "PROMPT_TUNING" => Ok(Box::new(prompt::PromptTuning::load(model, dir)?)),
-        other => Err(crate::Error::file(&dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA and PROMPT_TUNING adapters"))),
+        other => Err(crate::Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA and PROMPT_TUNING adapters"))),
     }
 }
 
