@@ -274,3 +274,21 @@ fn tokenized_cache_is_reused_and_keyed_by_options() {
     assert!(!hit_d);
     assert_eq!(a, d);
 }
+
+#[test]
+fn rendered_chats_get_exactly_one_bos_when_the_model_wants_it() {
+    // Gemma wants BOS: its own template writes it, the builtin alpaca one does not.
+    let tok = common::load_tokenizer("gemma3-270m");
+    let bos = tok.bos_id.unwrap();
+    let c = conv(&[("user", "Hi"), ("assistant", "Hello")]);
+    for name in ["alpaca", "gemma"] {
+        let r = render(&tok, &tok.template(Some(name)).unwrap(), &c, LossOn::Assistant).unwrap();
+        assert_eq!(r.ids[0], bos, "{name}: starts with BOS");
+        assert_ne!(r.ids[1], bos, "{name}: one BOS only");
+        assert!(!r.mask[0]);
+    }
+    // SmolLM2 does not: nothing is prepended.
+    let smol = common::load_tokenizer("smollm2-135m-instruct");
+    let r = render(&smol, &smol.template(None).unwrap(), &c, LossOn::Assistant).unwrap();
+    assert_eq!(r.ids, smol.encode(&r.text, false).unwrap());
+}

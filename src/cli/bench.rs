@@ -65,7 +65,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
 fn prompt_ids(tok: &Tokenizer) -> Result<Vec<u32>> {
     let msgs = [serde_json::json!({"role": "system", "content": SYSTEM}), serde_json::json!({"role": "user", "content": USER})];
     match tok.template(None) {
-        Ok(t) => Ok(tok.encode(&t.render(&msgs, true, None)?, false)?),
+        Ok(t) => Ok(tok.encode_rendered(&t.render(&msgs, true, None)?)?),
         Err(_) => Ok(tok.encode(&format!("{SYSTEM}\n\n{USER}\n\n"), true)?), // base model: plain text
     }
 }

@@ -78,8 +78,7 @@ pub struct GenerateArgs {
 
 pub fn chat_ids(tok: &Tokenizer, template: Option<&str>, messages: &[serde_json::Value]) -> Result<Vec<u32>> {
     let text = tok.template(template)?.render(messages, true, None)?;
-    // The template writes BOS itself where the model wants one.
-    Ok(tok.encode(&text, false)?)
+    Ok(tok.encode_rendered(&text)?)
 }
 
 fn messages(system: &Option<String>, user: &str) -> Vec<serde_json::Value> {

@@ -35,6 +35,8 @@ fn key(file: &Path, tok: &Tokenizer, tmpl: &ChatTemplate, loss: LossOn, opts: &R
     h.update(crate::hub::sha256_file(file)?.as_bytes());
     h.update(serde_json::to_vec(&tok.json).expect("json"));
     h.update([u8::from(tok.add_bos)]);
+    // Rendering v2: BOS is prepended when the template does not write it.
+    h.update(b"render-v2");
     h.update(tmpl.source.as_bytes());
     h.update(format!("{loss:?}|{:?}|{:?}|{:?}|{}", opts.format, opts.columns, opts.superni, opts.skip_invalid).as_bytes());
     Ok(hex::encode(h.finalize()))

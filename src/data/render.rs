@@ -51,7 +51,7 @@ pub fn render(tok: &Tokenizer, tmpl: &ChatTemplate, c: &Conversation, loss: Loss
     let tools = c.tools.as_ref();
     let text = tmpl.render(&msgs, false, tools)?;
     if loss == LossOn::Everything {
-        let (ids, _) = tok.encode_with_offsets(&text)?;
+        let (ids, _) = tok.encode_rendered_with_offsets(&text)?;
         let n = ids.len();
         return Ok(Rendered { spans: vec![(0, text.len())], text, ids, mask: vec![true; n] });
     }
@@ -80,8 +80,9 @@ pub fn render(tok: &Tokenizer, tmpl: &ChatTemplate, c: &Conversation, loss: Loss
         let end = before.len().max(through.trim_end().len());
         spans.push((before.len(), end));
     }
-    let (ids, offsets) = tok.encode_with_offsets(&text)?;
-    let mask = offsets.iter().map(|&(s, _)| spans.iter().any(|&(a, b)| s >= a && s < b)).collect();
+    let (ids, offsets) = tok.encode_rendered_with_offsets(&text)?;
+    // A prepended BOS (range 0..0) is never a target.
+    let mask = offsets.iter().map(|&(s, e)| e > s && spans.iter().any(|&(a, b)| s >= a && s < b)).collect();
     Ok(Rendered { text, ids, mask, spans })
 }
 

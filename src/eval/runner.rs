@@ -33,8 +33,7 @@ pub fn encode(tok: &Tokenizer, prompt: &str, template: Option<&str>) -> Result<V
         Some(t) => {
             let name = (t != "model").then_some(t);
             let text = tok.template(name)?.render(&[serde_json::json!({"role": "user", "content": prompt})], true, None)?;
-            // The template writes BOS itself where the model wants one.
-            tok.encode(&text, false)
+            tok.encode_rendered(&text)
         }
     }
 }

@@ -109,6 +109,25 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Ids of text a chat template rendered, with byte ranges. BOS is prepended (range
+    /// `0..0`) when the model wants one and the template did not write it, as tokenizing
+    /// the text with special tokens would; a template that writes it gets no second one.
+    pub fn encode_rendered_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
+        let (mut ids, mut offsets) = self.encode_with_offsets(text)?;
+        if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+                offsets.insert(0, (0, 0));
+            }
+        }
+        Ok((ids, offsets))
+    }
+
+    /// [`Self::encode_rendered_with_offsets`] without the offsets.
+    pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.encode_rendered_with_offsets(text)?.0)
+    }
+
     /// Ids of `text` (no BOS added) with each token's byte range in `text`.
     pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
         if let Some(out) = self.fast.as_ref().ok().and_then(|f| f.encode(text)) {
