@@ -83,8 +83,7 @@ fn generate_here(
         return Ok(finish_all(rows, FinishReason::Length));
     }
     let pad = tok.eos_id.unwrap_or(0);
-    let mut cache = model.new_cache();
-    let mut logits = model.forward(&Batch::left_padded(prompts, pad)?, Some(&mut cache), LogitsFor::Last)?;
+    let (mut cache, mut logits) = prefill(model, prompts, pad)?;
     let mut positions: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     // Rows still generating, in the cache's (and the logits') row order.
     let mut live: Vec<usize> = (0..rows.len()).collect();
@@ -129,6 +128,26 @@ fn generate_here(
         logits = model.forward(&step, Some(&mut cache), LogitsFor::Last)?;
     }
     Ok(finish_all(rows, FinishReason::Length))
+}
+
+/// Run the prompts, filling a batch cache: as one left-padded batch when they are equally
+/// long, else one prompt at a time, stacked after. Prompts of different lengths would
+/// otherwise pay for attention over padding, and a batch's attention scores grow with
+/// every row (24 SuperNI prompts, batches of 8: 94 s -> 44 s on SmolLM2).
+fn prefill(model: &CausalLm, prompts: &[Vec<u32>], pad: u32) -> Result<(crate::model::cache::KvCache, candle_core::Tensor)> {
+    if prompts.iter().all(|p| p.len() == prompts[0].len()) {
+        let mut cache = model.new_cache();
+        let logits = model.forward(&Batch::left_padded(prompts, pad)?, Some(&mut cache), LogitsFor::Last)?;
+        return Ok((cache, logits));
+    }
+    let mut caches = Vec::with_capacity(prompts.len());
+    let mut logits = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let mut c = model.new_cache();
+        logits.push(model.forward(&Batch::single(p, 0), Some(&mut c), LogitsFor::Last)?);
+        caches.push(c);
+    }
+    Ok((crate::model::cache::KvCache::stack_left_padded(&caches)?, candle_core::Tensor::cat(&logits, 0)?))
 }
 
 /// Add token `t` to a row: stop on EOS or a stop string, stream the new text.

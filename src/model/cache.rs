@@ -47,6 +47,28 @@ impl KvCache {
         Ok(())
     }
 
+    /// One batch cache from single-row caches of different lengths, each left-padded with
+    /// masked keys to the longest: what a left-padded batch prefill would have left.
+    pub fn stack_left_padded(rows: &[KvCache]) -> Result<KvCache> {
+        let s = rows.iter().map(KvCache::len).max().unwrap_or(0);
+        let n_layers = rows.first().map_or(0, |c| c.layers.len());
+        let mut out = KvCache::new(n_layers);
+        for l in 0..n_layers {
+            let (mut ks, mut vs) = (vec![], vec![]);
+            for c in rows {
+                let (Some(k), Some(v)) = (c.layers[l].k()?, c.layers[l].v()?) else {
+                    return Err(crate::Error::Input("stacking an empty KV cache".into()));
+                };
+                ks.push(left_pad(&k, s)?);
+                vs.push(left_pad(&v, s)?);
+            }
+            out.layers[l].append(&Tensor::cat(&ks, 0)?, &Tensor::cat(&vs, 0)?)?;
+        }
+        let pad = KeyInfo { pos: 0, seg: 0, valid: false };
+        out.keys = rows.iter().map(|c| std::iter::repeat_n(pad, s - c.len()).chain(c.keys[0].iter().copied()).collect()).collect();
+        Ok(out)
+    }
+
     /// Record the new tokens' key metadata (called once per forward, before the layers).
     pub fn push_keys(&mut self, batch: &Batch) {
         if self.keys.is_empty() {
@@ -60,6 +82,16 @@ impl KvCache {
             }));
         }
     }
+}
+
+/// `(1, H, T, D)` -> `(1, H, s, D)`, zeros in front (those keys are masked).
+fn left_pad(t: &Tensor, s: usize) -> Result<Tensor> {
+    let (b, h, n, d) = t.dims4()?;
+    if n == s {
+        return Ok(t.contiguous()?);
+    }
+    let z = Tensor::zeros((b, h, s - n, d), t.dtype(), t.device())?;
+    Ok(Tensor::cat(&[&z, t], 2)?)
 }
 
 /// Large negative instead of -inf: a fully masked (padding) query row then gets a
