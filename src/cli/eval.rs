@@ -1,12 +1,12 @@
 //! `instill eval ...` and `instill score`.
 use super::ModelArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use instill::eval::compare::compare;
 use instill::eval::metrics::{best, by_name};
 use instill::eval::robustness;
 use instill::eval::runner::{self, RunOptions};
-use instill::eval::suites::{generic::Generic, gsm8k::Gsm8k, superni::SuperNi, Suite};
+use instill::eval::suites::{field, generic::Generic, gsm8k::Gsm8k, jsonl, references, superni::SuperNi, Suite};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -213,14 +213,8 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
 
 fn paraphrase(a: ParaphraseArgs) -> Result<()> {
     let mut defs = std::collections::BTreeMap::new();
-    for (n, line) in std::fs::read_to_string(&a.data).with_context(|| a.data.display().to_string())?.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: invalid JSON", a.data.display(), n + 1))?;
-        let (Some(t), Some(d)) = (v["task"].as_str(), v["definition"].as_str()) else {
-            bail!("{}:{}: needs \"task\" and \"definition\" strings", a.data.display(), n + 1);
-        };
+    for (n, v) in jsonl(&a.data)? {
+        let (t, d) = (field(&v, "task", &a.data, n)?, field(&v, "definition", &a.data, n)?);
         if a.tasks.is_empty() || a.tasks.iter().any(|x| x == t) {
             defs.entry(t.to_string()).or_insert_with(|| d.to_string());
         }
@@ -237,12 +231,10 @@ fn paraphrase(a: ParaphraseArgs) -> Result<()> {
 
 pub fn score(a: ScoreArgs) -> Result<()> {
     let m = by_name(&a.metric)?;
-    let text = std::fs::read_to_string(&a.pred).with_context(|| a.pred.display().to_string())?;
     let (mut sum, mut n, mut out) = (0.0, 0usize, String::new());
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let mut v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: invalid JSON", a.pred.display(), i + 1))?;
-        let pred = v["prediction"].as_str().with_context(|| format!("{}:{}: field \"prediction\" is missing or not a string", a.pred.display(), i + 1))?.to_string();
-        let refs = instill::eval::suites::references(&v, &a.pred, i + 1)?;
+    for (line, mut v) in jsonl(&a.pred)? {
+        let pred = field(&v, "prediction", &a.pred, line)?.to_string();
+        let refs = references(&v, &a.pred, line)?;
         let s = best(m.as_ref(), &pred, &refs);
         sum += s;
         n += 1;

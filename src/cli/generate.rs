@@ -77,8 +77,7 @@ pub struct GenerateArgs {
 }
 
 pub fn chat_ids(tok: &Tokenizer, template: Option<&str>, messages: &[serde_json::Value]) -> Result<Vec<u32>> {
-    let text = tok.template(template)?.render(messages, true, None)?;
-    Ok(tok.encode_rendered(&text)?)
+    Ok(tok.encode_chat(template, messages)?)
 }
 
 fn messages(system: &Option<String>, user: &str) -> Vec<serde_json::Value> {

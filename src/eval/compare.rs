@@ -137,8 +137,8 @@ impl Comparison {
     /// `compare.md`, `compare.json` and `categories.png` in `out`.
     pub fn write(&self, out: &Path) -> Result<()> {
         std::fs::create_dir_all(out).map_err(|e| Error::file(out, e.to_string()))?;
-        crate::peft::write_atomic(&out.join("compare.md"), self.markdown().as_bytes())?;
-        crate::peft::write_atomic(&out.join("compare.json"), serde_json::to_string_pretty(self).expect("json").as_bytes())?;
+        super::write_text(&out.join("compare.md"), &self.markdown())?;
+        super::write_json(&out.join("compare.json"), self)?;
         let labels: Vec<String> = self.categories.keys().cloned().collect();
         let series: Vec<(&str, Vec<f64>)> = self.names.iter().enumerate().map(|(i, n)| (n.as_str(), self.categories.values().map(|v| v[i].unwrap_or(0.0)).collect())).collect();
         crate::plot::bars(&out.join("categories.png"), "Primary metric by category", "score (0-100)", &labels, &series)

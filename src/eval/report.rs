@@ -116,6 +116,6 @@ impl Report {
 
 /// `scores.json` and `report.md` in `dir`, atomically.
 pub fn write(dir: &Path, r: &Report) -> Result<()> {
-    crate::peft::write_atomic(&dir.join("scores.json"), serde_json::to_string_pretty(r).expect("json").as_bytes())?;
-    crate::peft::write_atomic(&dir.join("report.md"), r.markdown().as_bytes())
+    super::write_json(&dir.join("scores.json"), r)?;
+    super::write_text(&dir.join("report.md"), &r.markdown())
 }

@@ -87,8 +87,8 @@ pub fn run(model: &CausalLm, tok: &Tokenizer, suite: &SuperNi, alts: &Alternativ
         reports.push(runner::run(model, tok, &s, &dir, &o)?);
     }
     let r = summarize(&reports);
-    crate::peft::write_atomic(&out.join("robustness.json"), serde_json::to_string_pretty(&r).expect("json").as_bytes())?;
-    crate::peft::write_atomic(&out.join("robustness.md"), r.markdown().as_bytes())?;
+    super::write_json(&out.join("robustness.json"), &r)?;
+    super::write_text(&out.join("robustness.md"), &r.markdown())?;
     Ok(r)
 }
 

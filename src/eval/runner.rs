@@ -30,11 +30,7 @@ pub struct RunOptions {
 pub fn encode(tok: &Tokenizer, prompt: &str, template: Option<&str>) -> Result<Vec<u32>> {
     match template {
         None => tok.encode(prompt, true),
-        Some(t) => {
-            let name = (t != "model").then_some(t);
-            let text = tok.template(name)?.render(&[serde_json::json!({"role": "user", "content": prompt})], true, None)?;
-            tok.encode_rendered(&text)
-        }
+        Some(t) => tok.encode_chat((t != "model").then_some(t), &[serde_json::json!({"role": "user", "content": prompt})]),
     }
 }
 
@@ -96,7 +92,7 @@ fn check_settings(out: &Path, settings: &serde_json::Value) -> Result<()> {
         }
         return Ok(());
     }
-    crate::peft::write_atomic(&path, serde_json::to_string_pretty(settings).expect("json").as_bytes())
+    super::write_json(&path, settings)
 }
 
 /// Scored lines already written. A last line cut short by a kill is dropped (and the
@@ -110,7 +106,7 @@ pub fn read_scored(path: &Path) -> Result<Vec<Scored>> {
             Ok(s) => out.push(s),
             Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
                 let kept: String = lines[..i].iter().map(|l| format!("{l}\n")).collect();
-                crate::peft::write_atomic(path, kept.as_bytes())?;
+                super::write_text(path, &kept)?;
             }
             Err(e) => return Err(Error::file(path, format!("line {}: {e}", i + 1))),
         }

@@ -123,6 +123,13 @@ impl Tokenizer {
         Ok((ids, offsets))
     }
 
+    /// Ids of `messages` rendered by a chat template (`None`: the model's own) with the
+    /// generation prompt, ready to continue.
+    pub fn encode_chat(&self, template: Option<&str>, messages: &[serde_json::Value]) -> Result<Vec<u32>> {
+        let text = self.template(template)?.render(messages, true, None)?;
+        self.encode_rendered(&text)
+    }
+
     /// [`Self::encode_rendered_with_offsets`] without the offsets.
     pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self.encode_rendered_with_offsets(text)?.0)

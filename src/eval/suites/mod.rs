@@ -42,7 +42,7 @@ pub trait Suite {
 }
 
 /// Lines of a JSONL file as JSON values, each with its 1-based line number.
-pub(crate) fn jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
+pub fn jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
     let mut out = vec![];
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -53,7 +53,7 @@ pub(crate) fn jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
 }
 
 /// A string field of a record, or an error naming file, line and field.
-pub(crate) fn field<'a>(v: &'a serde_json::Value, name: &str, path: &Path, line: usize) -> Result<&'a str> {
+pub fn field<'a>(v: &'a serde_json::Value, name: &str, path: &Path, line: usize) -> Result<&'a str> {
     v.get(name).and_then(|x| x.as_str()).ok_or_else(|| Error::file(path, format!("line {line}: field {name:?} is missing or not a string")))
 }
 
