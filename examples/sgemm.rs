@@ -12,14 +12,18 @@ fn main() {
         let bt = b.t().unwrap();
         let _ = a.matmul(&bt).unwrap();
         let t = std::time::Instant::now();
-        for _ in 0..10 { let _ = a.matmul(&bt).unwrap(); }
+        for _ in 0..10 {
+            let _ = a.matmul(&bt).unwrap();
+        }
         let candle = 10.0 * 2.0 * (m * n * k) as f64 / t.elapsed().as_secs_f64() / 1e9;
         let av = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let bv = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let mut c = vec![0f32; m * n];
         unsafe { cblas_sgemm(101, 111, 112, m as i32, n as i32, k as i32, 1.0, av.as_ptr(), k as i32, bv.as_ptr(), k as i32, 0.0, c.as_mut_ptr(), n as i32) };
         let t = std::time::Instant::now();
-        for _ in 0..10 { unsafe { cblas_sgemm(101, 111, 112, m as i32, n as i32, k as i32, 1.0, av.as_ptr(), k as i32, bv.as_ptr(), k as i32, 0.0, c.as_mut_ptr(), n as i32) }; }
+        for _ in 0..10 {
+            unsafe { cblas_sgemm(101, 111, 112, m as i32, n as i32, k as i32, 1.0, av.as_ptr(), k as i32, bv.as_ptr(), k as i32, 0.0, c.as_mut_ptr(), n as i32) };
+        }
         let blas = 10.0 * 2.0 * (m * n * k) as f64 / t.elapsed().as_secs_f64() / 1e9;
         println!("{m}x{k} @ {k}x{n}: candle {candle:.0} GFLOP/s, openblas {blas:.0} GFLOP/s");
     }

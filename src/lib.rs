@@ -17,4 +17,3 @@ pub use tokenizer::Tokenizer;
 
 pub use error::{Error, Result};
 pub use model::{CausalLm, LoadOptions};
-

@@ -17,9 +17,8 @@ fn ensure_font() -> Result<()> {
     static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     FONT.get_or_init(|| {
         let candidates: Vec<String> = std::env::var("INSTILL_FONT").into_iter().chain(FONT_PATHS.iter().map(|s| s.to_string())).collect();
-        let path = candidates.iter().find(|p| Path::new(p).is_file()).ok_or_else(|| {
-            "no TrueType font for chart labels: set INSTILL_FONT=/path/to/font.ttf or install fonts-dejavu-core".to_string()
-        })?;
+        let path =
+            candidates.iter().find(|p| Path::new(p).is_file()).ok_or_else(|| "no TrueType font for chart labels: set INSTILL_FONT=/path/to/font.ttf or install fonts-dejavu-core".to_string())?;
         let bytes: &'static [u8] = Box::leak(std::fs::read(path).map_err(|e| format!("{path}: {e}"))?.into_boxed_slice());
         plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| format!("{path}: not a usable font"))
     })
@@ -35,7 +34,13 @@ fn draw_err(path: &Path, e: impl std::fmt::Display) -> Error {
 pub fn histogram(path: &Path, title: &str, x_label: &str, values: &[f64], bins: usize) -> Result<()> {
     ensure_font()?;
     let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    let (lo, hi) = if values.is_empty() { (0.0, 1.0) } else if hi > lo { (lo, hi) } else { (lo - 0.5, hi + 0.5) };
+    let (lo, hi) = if values.is_empty() {
+        (0.0, 1.0)
+    } else if hi > lo {
+        (lo, hi)
+    } else {
+        (lo - 0.5, hi + 0.5)
+    };
     let width = (hi - lo) / bins as f64;
     let mut counts = vec![0usize; bins];
     for &v in values {
@@ -133,11 +138,7 @@ pub fn bars(path: &Path, title: &str, x_label: &str, labels: &[String], series: 
             let color = Palette99::pick(si).to_rgba();
             let (a, b) = (0.35 + 0.6 * si as f64 / k, 0.35 + 0.6 * (si as f64 + 0.85) / k);
             let rects = vals.iter().enumerate().map(move |(r, &v)| Rectangle::new([(0.0, y_of(r, a)), (v, y_of(r, b))], color.filled()));
-            chart
-                .draw_series(rects)
-                .map_err(|e| draw_err(path, e))?
-                .label(*name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+            chart.draw_series(rects).map_err(|e| draw_err(path, e))?.label(*name).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
         }
         chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| draw_err(path, e))?;
         root.present().map_err(|e| draw_err(path, e))?;

@@ -210,10 +210,7 @@ fn mixtures_are_seeded_and_exclude_held_out_data() {
     std::fs::write(dir.join("eval.jsonl"), format!("{{\"id\": \"{first_id}\"}}\n")).unwrap();
     let data = fixture("data");
     let yaml = |held_out: &str| {
-        format!(
-            "seed: 7\nsources:\n  - path: {d}/superni_task.json\n    exclude: [eval.jsonl]\n    held_out_tasks: [{held_out}]\n  - path: {d}/alpaca.json\n    max: 2\n",
-            d = data.display()
-        )
+        format!("seed: 7\nsources:\n  - path: {d}/superni_task.json\n    exclude: [eval.jsonl]\n    held_out_tasks: [{held_out}]\n  - path: {d}/alpaca.json\n    max: 2\n", d = data.display())
     };
     std::fs::write(dir.join("m.yaml"), yaml("none")).unwrap();
     let m = Mixture::from_file(&dir.join("m.yaml")).unwrap();
@@ -222,10 +219,14 @@ fn mixtures_are_seeded_and_exclude_held_out_data() {
     let ex = |x: &instill::data::mix::Mixed| x.records.iter().map(|(_, r)| r.example.clone()).collect::<Vec<_>>();
     assert_eq!(ex(&a), ex(&b), "same seed, same mixture");
     assert_eq!(a.records.len(), 2 + 2, "3 task instances minus the held-out one, plus 2 of alpaca");
-    let inputs: Vec<String> = a.records.iter().filter_map(|(_, r)| match &r.example {
-        Example::Sft(c) => Some(c.messages[0].content.clone()),
-        _ => None,
-    }).collect();
+    let inputs: Vec<String> = a
+        .records
+        .iter()
+        .filter_map(|(_, r)| match &r.example {
+            Example::Sft(c) => Some(c.messages[0].content.clone()),
+            _ => None,
+        })
+        .collect();
     let held = task["Instances"][0]["input"].as_str().unwrap();
     assert!(inputs.iter().all(|i| !i.ends_with(&format!("Input: {held}.\nOutput: ")) && !i.contains(&format!("Input: {held}\nOutput"))), "held-out instance leaked");
     std::fs::write(dir.join("m.yaml"), yaml("superni_task")).unwrap();

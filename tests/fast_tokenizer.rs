@@ -78,11 +78,7 @@ fn fast_encoder_equals_tokenizers_on_all_shared_data() {
         // Rendered chats put special tokens between texts.
         let tmpl = tok.template(None).unwrap();
         texts.par_chunks(3).take(2000).for_each(|c| {
-            let msgs: Vec<_> = c
-                .iter()
-                .enumerate()
-                .map(|(i, t)| serde_json::json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": t}))
-                .collect();
+            let msgs: Vec<_> = c.iter().enumerate().map(|(i, t)| serde_json::json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": t})).collect();
             assert_same(&tok, &tmpl.render(&msgs, true, None).unwrap(), id);
         });
     }
@@ -92,9 +88,57 @@ fn fast_encoder_equals_tokenizers_on_all_shared_data() {
 /// letters without case, combining marks, every kind of whitespace, punctuation runs,
 /// multi-byte chars split across tokens, and special-token text.
 const PIECES: &[&str] = &[
-    "a", "Z", "é", "ß", "ſ", "K", "日本", "한", "ـ", "\u{0301}", "\u{200d}", "1", "42", "٣", "½", "Ⅻ", "²", " ", "  ", "\t", "\n", "\r\n",
-    "\u{a0}", "\u{3000}", "\u{2028}", "\u{85}", "\u{b}", "'s", "'S", "'re", "'LL", "'d", "'", "\"", "...", "!?", "(", ")", "-", "_", "—",
-    "😀", "🇫🇷", "\u{fe0f}", "<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|im_", "Ġ", "\u{0}", "x\u{7f}",
+    "a",
+    "Z",
+    "é",
+    "ß",
+    "ſ",
+    "K",
+    "日本",
+    "한",
+    "ـ",
+    "\u{0301}",
+    "\u{200d}",
+    "1",
+    "42",
+    "٣",
+    "½",
+    "Ⅻ",
+    "²",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\u{a0}",
+    "\u{3000}",
+    "\u{2028}",
+    "\u{85}",
+    "\u{b}",
+    "'s",
+    "'S",
+    "'re",
+    "'LL",
+    "'d",
+    "'",
+    "\"",
+    "...",
+    "!?",
+    "(",
+    ")",
+    "-",
+    "_",
+    "—",
+    "😀",
+    "🇫🇷",
+    "\u{fe0f}",
+    "<|im_end|>",
+    "<|im_start|>",
+    "<|endoftext|>",
+    "<|im_",
+    "Ġ",
+    "\u{0}",
+    "x\u{7f}",
 ];
 
 #[test]

@@ -84,12 +84,8 @@ fn quantized_path_stays_close() {
             // One token at a time, so every projection takes the quantized decode kernels.
             let mut cache = m.new_cache();
             let mut last = None;
-            let rows: std::collections::HashMap<usize, u32> = case["rows"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| (r["position"].as_u64().unwrap() as usize, r["argmax"].as_u64().unwrap() as u32))
-                .collect();
+            let rows: std::collections::HashMap<usize, u32> =
+                case["rows"].as_array().unwrap().iter().map(|r| (r["position"].as_u64().unwrap() as usize, r["argmax"].as_u64().unwrap() as u32)).collect();
             for (p, &t) in ids.iter().enumerate() {
                 let l = m.forward(&Batch::single(&[t], p as u32), Some(&mut cache), LogitsFor::Last).unwrap();
                 last = Some(instill::decode::sampler::argmax(&l.squeeze(0).unwrap().to_vec1::<f32>().unwrap()));

@@ -114,8 +114,7 @@ fn export_roundtrip(id: &str, shard_bytes: usize) {
     let dir = tmpdir(&format!("export-{id}-{shard_bytes}"));
     let out = dir.join("hf");
     let tj = serde_json::to_vec(&tok.json).unwrap();
-    instill::model::weights::save_hf_dir(&out, m.arch, &m.config, m.named_tensors().unwrap(), candle_core::DType::F32, shard_bytes, &[("tokenizer.json", tj)])
-        .unwrap();
+    instill::model::weights::save_hf_dir(&out, m.arch, &m.config, m.named_tensors().unwrap(), candle_core::DType::F32, shard_bytes, &[("tokenizer.json", tj)]).unwrap();
     let back = CausalLm::load(&ModelSource::HfDir(out.clone()), &LoadOptions::default()).unwrap();
     let tok2 = instill::Tokenizer::from_hf_dir(&out).unwrap();
     let p = ids(&tok, "Exported models keep their logits 12345");

@@ -74,9 +74,7 @@ fn row(m: &str, ours: &GenSpeed, peer: Option<&serde_json::Value>, bytes: f64) {
     let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.1}"));
     let p_pp = peer.and_then(|p| p["pp_tok_s"].as_f64());
     let p_tg = peer.and_then(|p| p["tg_tok_s"].as_f64());
-    let same = peer.and_then(|p| p["ids"].as_array()).map(|ids| {
-        ids.iter().zip(&ours.ids).take_while(|(a, b)| a.as_u64() == Some(**b as u64)).count()
-    });
+    let same = peer.and_then(|p| p["ids"].as_array()).map(|ids| ids.iter().zip(&ours.ids).take_while(|(a, b)| a.as_u64() == Some(**b as u64)).count());
     println!(
         "| {m} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {:.1} MB | {:.1} GB/s | {} |",
         ours.prompt_tokens,
@@ -100,12 +98,7 @@ fn llamacpp(a: &GenBench, gguf: &std::path::Path, ids: &[u32], threads: usize) -
 /// Run `bench/peers/<script>` with `python`, the request as JSON on stdin; parse its JSON line.
 pub fn run_peer(python: &str, script: &str, req: &serde_json::Value, what: &str) -> Result<serde_json::Value> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/peers").join(script);
-    let mut child = Command::new(python)
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting the {what} with {python} (or pass --peer-python none)"))?;
+    let mut child = Command::new(python).arg(&path).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().with_context(|| format!("starting the {what} with {python} (or pass --peer-python none)"))?;
     child.stdin.take().expect("piped").write_all(req.to_string().as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {

@@ -48,12 +48,7 @@ pub fn run(a: DataBench) -> Result<()> {
         let p = peer.as_ref().map(|p| &p["results"][&key]);
         let p_rate = p.and_then(|p| p["examples_per_s"].as_f64());
         let p_tok = p.and_then(|p| p["tokens"].as_u64()).map_or("-".into(), |t| t.to_string());
-        println!(
-            "| {key} | {} | {tokens} / {p_tok} | {ours:.0} | {} | {} |",
-            r.len(),
-            p_rate.map_or("-".into(), |x| format!("{x:.0}")),
-            p_rate.map_or("-".into(), |x| format!("{:.1}x", ours / x))
-        );
+        println!("| {key} | {} | {tokens} / {p_tok} | {ours:.0} | {} | {} |", r.len(), p_rate.map_or("-".into(), |x| format!("{x:.0}")), p_rate.map_or("-".into(), |x| format!("{:.1}x", ours / x)));
     }
     Ok(())
 }

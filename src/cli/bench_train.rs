@@ -6,7 +6,11 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use instill::data::pack::rows_from;
-use instill::peft::{full::{Full, FullConfig}, lora::{Lora, LoraConfig}, Adapter};
+use instill::peft::{
+    full::{Full, FullConfig},
+    lora::{Lora, LoraConfig},
+    Adapter,
+};
 use instill::train::optim::{AdamW, AdamWConfig};
 use instill::train::step::loss_and_grads;
 use rand::{Rng, SeedableRng};

@@ -229,11 +229,7 @@ fn check(a: CheckArgs) -> Result<()> {
                 }
             }
         }
-        println!(
-            "{}: {format} layout, {} records ({sft} conversations with {turns} turns, {pref} preference pairs, {lab} labelled), {n_problems} problems",
-            f.display(),
-            sft + pref + lab,
-        );
+        println!("{}: {format} layout, {} records ({sft} conversations with {turns} turns, {pref} preference pairs, {lab} labelled), {n_problems} problems", f.display(), sft + pref + lab,);
         for p in &problems {
             println!("  {p}");
         }
@@ -409,15 +405,7 @@ fn contamination_cmd(a: ContaminationArgs) -> Result<()> {
     let train = load_clean(&a.file, &a.read)?;
     let eval = load(&a.eval, &ReadOptions::default())?;
     let c = instill::data::dedup::contamination(&train.records, &eval.records, a.n);
-    println!(
-        "{} of {} training records share {}-grams with {}; {} of {} evaluation records are touched",
-        c.contaminated.len(),
-        c.train_records,
-        c.n,
-        a.eval.display(),
-        c.eval_touched,
-        c.eval_records
-    );
+    println!("{} of {} training records share {}-grams with {}; {} of {} evaluation records are touched", c.contaminated.len(), c.train_records, c.n, a.eval.display(), c.eval_touched, c.eval_records);
     let mut worst = c.contaminated.clone();
     worst.sort_by(|x, y| y.2.total_cmp(&x.2));
     for (origin, shared, frac) in worst.iter().take(10) {
@@ -447,7 +435,12 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
         _ => bail!("give --by INDICATOR or --rule EXPRESSION"),
     };
     let needs_model = rule.0.iter().any(|(_, n)| n == "loss" || n == "perplexity");
-    let (model, tok) = if needs_model { let (m, t) = a.model.load()?; (Some(m), t) } else { (None, a.model.load_tokenizer()?.1) };
+    let (model, tok) = if needs_model {
+        let (m, t) = a.model.load()?;
+        (Some(m), t)
+    } else {
+        (None, a.model.load_tokenizer()?.1)
+    };
     let tmpl = tok.template(a.template.as_deref())?;
     let opts = a.read.options()?;
     // Pass 1 scores the file in chunks (indicators streamed out, only scores kept);
@@ -537,7 +530,18 @@ fn stats_cmd(a: StatsArgs) -> Result<()> {
         let what = if pairs > 0 { format!("sequences ({pairs} preference pairs, chosen and rejected each counted)") } else { "examples".into() };
         println!(
             "{}: {} {what}, {} tokens ({} trained), mean {:.0}, p50 {} p90 {} p99 {} max {}; {:.1}% longer than {} -> {}",
-            f.display(), s.examples, s.tokens, s.trained_tokens, s.mean, s.p50, s.p90, s.p99, s.max, s.truncated * 100.0, s.max_len, png.display()
+            f.display(),
+            s.examples,
+            s.tokens,
+            s.trained_tokens,
+            s.mean,
+            s.p50,
+            s.p90,
+            s.p99,
+            s.max,
+            s.truncated * 100.0,
+            s.max_len,
+            png.display()
         );
         all.insert(f.display().to_string(), serde_json::to_value(&s)?);
     }

@@ -168,7 +168,16 @@ pub struct ScoreArgs {
 }
 
 fn print_report(r: &instill::eval::report::Report, out: &std::path::Path) {
-    println!("{}: {} examples, {} {:.2} (correct {}); {:.2} examples/s; report in {}", r.suite, r.overall.n, r.overall.primary, r.overall.primary_score, r.overall.correct, r.examples_per_s, out.join("report.md").display());
+    println!(
+        "{}: {} examples, {} {:.2} (correct {}); {:.2} examples/s; report in {}",
+        r.suite,
+        r.overall.n,
+        r.overall.primary,
+        r.overall.primary_score,
+        r.overall.correct,
+        r.examples_per_s,
+        out.join("report.md").display()
+    );
 }
 
 fn run_suite(run: &RunArgs, suite: &dyn Suite, settings: serde_json::Value) -> Result<()> {
@@ -204,7 +213,15 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
             let mut settings = a.superni.settings();
             settings["definitions"] = serde_json::json!(a.definitions);
             let r = robustness::run(&model, &tok, &a.superni.suite()?, &alts, &a.superni.run.out, &a.superni.run.options(settings))?;
-            println!("overall primary score across {} wordings: mean {:.2}, std {:.2}, min {:.2}, max {:.2}; {}", r.overall.scores.len(), r.overall.mean, r.overall.std, r.overall.min, r.overall.max, a.superni.run.out.join("robustness.md").display());
+            println!(
+                "overall primary score across {} wordings: mean {:.2}, std {:.2}, min {:.2}, max {:.2}; {}",
+                r.overall.scores.len(),
+                r.overall.mean,
+                r.overall.std,
+                r.overall.min,
+                r.overall.max,
+                a.superni.run.out.join("robustness.md").display()
+            );
             Ok(())
         }
         EvalCmd::Paraphrase(a) => paraphrase(a),

@@ -38,14 +38,7 @@ impl SamplingArgs {
     pub fn options(&self) -> GenerateOptions {
         GenerateOptions {
             max_new_tokens: self.max_new_tokens,
-            sampling: SamplingParams {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                min_p: self.min_p,
-                repetition_penalty: self.repetition_penalty,
-                seed: self.seed,
-            },
+            sampling: SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, min_p: self.min_p, repetition_penalty: self.repetition_penalty, seed: self.seed },
             stop_strings: self.stop.clone(),
             ignore_eos: false,
             min_new_tokens: self.min_new_tokens,

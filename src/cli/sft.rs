@@ -28,11 +28,7 @@ pub fn run(a: SftArgs) -> Result<()> {
         eprintln!("resuming {}: using the recipe saved there", run.display());
     }
     let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {msg} ({elapsed} < {eta})")
-            .expect("template")
-            .progress_chars("=> "),
-    );
+    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {msg} ({elapsed} < {eta})").expect("template").progress_chars("=> "));
     let report = train(&recipe, a.resume.is_some(), &mut |step, total, m| {
         bar.set_length(total as u64);
         bar.set_position(step as u64);

@@ -50,9 +50,7 @@ const SHINGLE: usize = 5;
 
 pub fn minhash(text: &str) -> Vec<u64> {
     let shingles = ngram_hashes(&words(text), SHINGLE);
-    (0..PERMUTATIONS as u64)
-        .map(|i| shingles.iter().map(|&s| mix64(s ^ mix64(i + 1))).min().unwrap_or(u64::MAX))
-        .collect()
+    (0..PERMUTATIONS as u64).map(|i| shingles.iter().map(|&s| mix64(s ^ mix64(i + 1))).min().unwrap_or(u64::MAX)).collect()
 }
 
 pub fn estimated_jaccard(a: &[u64], b: &[u64]) -> f64 {
@@ -93,12 +91,7 @@ pub fn dedup_texts(texts: impl Iterator<Item = String>, near: Option<f64>) -> (V
             let sig = minhash(&text);
             let rows = PERMUTATIONS / BANDS;
             let band_keys: Vec<(usize, u64)> = (0..BANDS).map(|b| (b, hash_str(&format!("{:?}", &sig[b * rows..(b + 1) * rows])))).collect();
-            let dup = band_keys
-                .iter()
-                .filter_map(|k| buckets.get(k))
-                .flatten()
-                .find(|&&j| estimated_jaccard(&sig, &sigs[j]) >= t)
-                .copied();
+            let dup = band_keys.iter().filter_map(|k| buckets.get(k)).flatten().find(|&&j| estimated_jaccard(&sig, &sigs[j]) >= t).copied();
             if let Some(j) = dup {
                 report.near += 1;
                 report.removed.push((i, keep[j]));
@@ -159,8 +152,8 @@ mod tests {
         let base = "the quick brown fox jumps over the lazy dog while the farmer watches from the old wooden fence near the barn at dawn";
         let recs = vec![
             rec(0, base),
-            rec(1, &base.to_uppercase()),                      // exact after normalisation
-            rec(2, &base.replace("dawn", "dusk")),             // near duplicate
+            rec(1, &base.to_uppercase()),          // exact after normalisation
+            rec(2, &base.replace("dawn", "dusk")), // near duplicate
             rec(3, "completely different text about compilers, types and register allocation in optimising back ends"),
         ];
         let (keep, rep) = dedup(&recs, None);

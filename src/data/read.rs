@@ -132,9 +132,8 @@ pub fn stream(path: &Path, opts: &ReadOptions) -> Result<Stream> {
                 Some((_, Ok(v))) => rename(v.clone(), &opts.columns),
                 _ => return Err(Error::file(path, "no readable records")),
             };
-            let fmt = formats::detect(&first).ok_or_else(|| {
-                Error::file(path, format!("cannot tell the layout from the first record's fields {:?}; pass --format {}", keys(&first), formats::names().join("|")))
-            })?;
+            let fmt = formats::detect(&first)
+                .ok_or_else(|| Error::file(path, format!("cannot tell the layout from the first record's fields {:?}; pass --format {}", keys(&first), formats::names().join("|"))))?;
             let rest: Box<dyn Iterator<Item = Item>> = Box::new(skipped.into_iter().chain(values));
             values = rest.peekable();
             fmt

@@ -72,9 +72,7 @@ pub fn render(tok: &Tokenizer, tmpl: &ChatTemplate, c: &Conversation, loss: Loss
         let before = if i == 0 { String::new() } else { tmpl.render(&msgs[..i], is_asst, tools)? };
         let through = tmpl.render(&msgs[..=i], false, tools)?;
         if !through.starts_with(&before) || !text.starts_with(&through) {
-            return Err(Error::Template(format!(
-                "the chat template does not render turn {i} as an extension of the turns before it, so its loss span cannot be found; use --loss everything"
-            )));
+            return Err(Error::Template(format!("the chat template does not render turn {i} as an extension of the turns before it, so its loss span cannot be found; use --loss everything")));
         }
         // The turn's text, without whitespace the template puts after its end marker.
         let end = before.len().max(through.trim_end().len());

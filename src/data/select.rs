@@ -66,18 +66,16 @@ fn mtld_pass<'a>(words: impl Iterator<Item = &'a String>) -> f64 {
     if tokens > 0 {
         factors += (1.0 - ttr) / (1.0 - THRESHOLD);
     }
-    if factors == 0.0 { total as f64 } else { total as f64 / factors }
+    if factors == 0.0 {
+        total as f64
+    } else {
+        total as f64 / factors
+    }
 }
 
 /// Indicators without a model.
 pub fn text_indicators(response: &str, r: &Rendered) -> Indicators {
-    Indicators {
-        response_words: response.split_whitespace().count(),
-        response_tokens: r.trained_tokens(),
-        mtld: mtld(response),
-        loss: None,
-        perplexity: None,
-    }
+    Indicators { response_words: response.split_whitespace().count(), response_tokens: r.trained_tokens(), mtld: mtld(response), loss: None, perplexity: None }
 }
 
 /// Mean NLL of each example's trained tokens, `batch` examples per forward pass.

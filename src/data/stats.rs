@@ -12,10 +12,7 @@ use serde::Serialize;
 pub fn conversations(e: &Example) -> Vec<Conversation> {
     match e {
         Example::Sft(c) | Example::Labelled(c, _) => vec![c.clone()],
-        Example::Preference(p) => [&p.chosen, &p.rejected]
-            .into_iter()
-            .map(|side| Conversation { messages: p.prompt.iter().chain(side.iter()).cloned().collect(), tools: None })
-            .collect(),
+        Example::Preference(p) => [&p.chosen, &p.rejected].into_iter().map(|side| Conversation { messages: p.prompt.iter().chain(side.iter()).cloned().collect(), tools: None }).collect(),
     }
 }
 

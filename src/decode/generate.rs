@@ -50,35 +50,17 @@ struct Row {
 
 /// Generate continuations of `prompts` (token ids). `on_text(row, delta)` is called
 /// with each new piece of decoded text, for streaming.
-pub fn generate(
-    model: &CausalLm,
-    tok: &Tokenizer,
-    prompts: &[Vec<u32>],
-    opts: &GenerateOptions,
-    on_text: &mut (dyn FnMut(usize, &str) + Send),
-) -> Result<Vec<Generation>> {
+pub fn generate(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: &GenerateOptions, on_text: &mut (dyn FnMut(usize, &str) + Send)) -> Result<Vec<Generation>> {
     crate::model::on_workers(|| generate_here(model, tok, prompts, opts, on_text))
 }
 
-fn generate_here(
-    model: &CausalLm,
-    tok: &Tokenizer,
-    prompts: &[Vec<u32>],
-    opts: &GenerateOptions,
-    on_text: &mut (dyn FnMut(usize, &str) + Send),
-) -> Result<Vec<Generation>> {
+fn generate_here(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: &GenerateOptions, on_text: &mut (dyn FnMut(usize, &str) + Send)) -> Result<Vec<Generation>> {
     let ctx = model.config.max_position;
     if let Some(p) = prompts.iter().find(|p| p.len() >= ctx) {
-        return Err(Error::Input(format!(
-            "prompt of {} tokens does not fit the model's context of {ctx} tokens: shorten it",
-            p.len()
-        )));
+        return Err(Error::Input(format!("prompt of {} tokens does not fit the model's context of {ctx} tokens: shorten it", p.len())));
     }
-    let mut rows: Vec<Row> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Row { prompt: p.clone(), sampler: Sampler::new(opts.sampling.clone(), i as u64), tokens: vec![], text: String::new(), finish: None })
-        .collect();
+    let mut rows: Vec<Row> =
+        prompts.iter().enumerate().map(|(i, p)| Row { prompt: p.clone(), sampler: Sampler::new(opts.sampling.clone(), i as u64), tokens: vec![], text: String::new(), finish: None }).collect();
     if rows.is_empty() || opts.max_new_tokens == 0 {
         return Ok(finish_all(rows, FinishReason::Length));
     }
@@ -100,11 +82,7 @@ fn generate_here(
                 }
             }
             // Only the repetition penalty reads the history: skip the copy when it is off.
-            let history: Vec<u32> = if row.sampler.params.repetition_penalty != 1.0 {
-                row.prompt.iter().chain(&row.tokens).copied().collect()
-            } else {
-                vec![]
-            };
+            let history: Vec<u32> = if row.sampler.params.repetition_penalty != 1.0 { row.prompt.iter().chain(&row.tokens).copied().collect() } else { vec![] };
             let t = row.sampler.sample(&mut l, &history);
             next.push(t);
             accept(row, t, tok, opts, i, on_text)?;
@@ -175,7 +153,5 @@ fn accept(row: &mut Row, t: u32, tok: &Tokenizer, opts: &GenerateOptions, i: usi
 }
 
 fn finish_all(rows: Vec<Row>, default: FinishReason) -> Vec<Generation> {
-    rows.into_iter()
-        .map(|r| Generation { prompt_tokens: r.prompt.len(), tokens: r.tokens, text: r.text, finish: r.finish.unwrap_or(default) })
-        .collect()
+    rows.into_iter().map(|r| Generation { prompt_tokens: r.prompt.len(), tokens: r.tokens, text: r.text, finish: r.finish.unwrap_or(default) }).collect()
 }

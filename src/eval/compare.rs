@@ -150,7 +150,18 @@ mod tests {
     use super::*;
 
     fn s(id: &str, correct: bool) -> Scored {
-        Scored { id: id.into(), task: "t".into(), categories: vec![], prediction: format!("{id}-{correct}"), references: vec!["r".into()], scores: Default::default(), primary: "exact_match".into(), correct, prompt_tokens: 0, new_tokens: 0 }
+        Scored {
+            id: id.into(),
+            task: "t".into(),
+            categories: vec![],
+            prediction: format!("{id}-{correct}"),
+            references: vec!["r".into()],
+            scores: Default::default(),
+            primary: "exact_match".into(),
+            correct,
+            prompt_tokens: 0,
+            new_tokens: 0,
+        }
     }
 
     #[test]

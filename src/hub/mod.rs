@@ -60,16 +60,11 @@ pub fn resolve(model: &str, auto_fetch: bool) -> Result<ModelSource> {
         if auto_fetch {
             return fetch(spec, false).map(ModelSource::Gguf);
         }
-        return Err(Error::Input(format!(
-            "model {model:?} is not downloaded yet: run `instill fetch {model}`"
-        )));
+        return Err(Error::Input(format!("model {model:?} is not downloaded yet: run `instill fetch {model}`")));
     }
     if model.ends_with(".gguf") || model.contains('/') {
         return Err(Error::file(p, "no such file or directory"));
     }
     let ids: Vec<&str> = REGISTRY.iter().map(|s| s.id).collect();
-    Err(Error::Input(format!(
-        "unknown model {model:?}: give a .gguf file, a Hugging Face model directory, or one of: {}",
-        ids.join(", ")
-    )))
+    Err(Error::Input(format!("unknown model {model:?}: give a .gguf file, a Hugging Face model directory, or one of: {}", ids.join(", "))))
 }

@@ -33,9 +33,7 @@ impl ModelSpec {
     pub fn parts(&self) -> Vec<Part> {
         match self.wheels {
             Wheels::One(p) => vec![Part { package: p.to_string(), version: self.version }],
-            Wheels::Parts { prefix, count } => {
-                (1..=count).map(|i| Part { package: format!("{prefix}{i}"), version: self.version }).collect()
-            }
+            Wheels::Parts { prefix, count } => (1..=count).map(|i| Part { package: format!("{prefix}{i}"), version: self.version }).collect(),
         }
     }
 }

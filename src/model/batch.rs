@@ -16,12 +16,7 @@ impl Batch {
     /// One sequence continuing at position `start`.
     pub fn single(tokens: &[u32], start: u32) -> Self {
         let t = tokens.len();
-        Batch {
-            tokens: vec![tokens.to_vec()],
-            positions: vec![(start..start + t as u32).collect()],
-            segments: vec![vec![0; t]],
-            valid: vec![vec![true; t]],
-        }
+        Batch { tokens: vec![tokens.to_vec()], positions: vec![(start..start + t as u32).collect()], segments: vec![vec![0; t]], valid: vec![vec![true; t]] }
     }
 
     /// Several prompts, left-padded to the longest so they end together.

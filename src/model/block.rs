@@ -63,13 +63,7 @@ impl Attention {
     }
 
     /// `x (B, T, hidden)`; `mask (B, 1, T, S)` or None; the cache grows by `T`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        rope: &RopeTable,
-        mask: Option<&Tensor>,
-        cache: Option<&mut candle_nn::kv_cache::KvCache>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, rope: &RopeTable, mask: Option<&Tensor>, cache: Option<&mut candle_nn::kv_cache::KvCache>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let q = rope.apply(&self.heads_first(&self.q.forward(x)?, self.heads, &self.q_norm)?, self.rope_style)?;
         let k = rope.apply(&self.heads_first(&self.k.forward(x)?, self.kv_heads, &self.k_norm)?, self.rope_style)?;
@@ -105,13 +99,7 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        rope: &RopeTable,
-        mask: Option<&Tensor>,
-        cache: Option<&mut candle_nn::kv_cache::KvCache>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, rope: &RopeTable, mask: Option<&Tensor>, cache: Option<&mut candle_nn::kv_cache::KvCache>) -> Result<Tensor> {
         let h = self.attn.forward(&self.attn_norm.forward(x)?, rope, mask, cache)?;
         let h = maybe_norm(&self.post_attn_norm, h)?;
         let x = (x + h)?;
@@ -174,17 +162,5 @@ fn maybe_norm(n: &Option<RmsNorm>, x: Tensor) -> Result<Tensor> {
 }
 
 pub fn new_attention(c: &ModelConfig, q: Linear, k: Linear, v: Linear, o: Linear, qn: Option<RmsNorm>, kn: Option<RmsNorm>) -> Attention {
-    Attention {
-        q,
-        k,
-        v,
-        o,
-        q_norm: qn,
-        k_norm: kn,
-        heads: c.num_heads,
-        kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-        scale: c.attn_scale,
-        rope_style: c.rope_style,
-    }
+    Attention { q, k, v, o, q_norm: qn, k_norm: kn, heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim, scale: c.attn_scale, rope_style: c.rope_style }
 }

@@ -75,11 +75,7 @@ impl KvCache {
             self.keys = vec![vec![]; batch.tokens.len()];
         }
         for (r, row) in self.keys.iter_mut().enumerate() {
-            row.extend((0..batch.tokens[r].len()).map(|i| KeyInfo {
-                pos: batch.positions[r][i],
-                seg: batch.segments[r][i],
-                valid: batch.valid[r][i],
-            }));
+            row.extend((0..batch.tokens[r].len()).map(|i| KeyInfo { pos: batch.positions[r][i], seg: batch.segments[r][i], valid: batch.valid[r][i] }));
         }
     }
 }
@@ -108,10 +104,7 @@ pub fn build_mask(keys: &[Vec<KeyInfo>], t: usize, window: Option<usize>, dev: &
     for row in keys {
         for q in &row[s - t..] {
             for k in row {
-                let ok = k.valid
-                    && k.seg == q.seg
-                    && k.pos <= q.pos
-                    && window.is_none_or(|w| ((q.pos - k.pos) as usize) < w);
+                let ok = k.valid && k.seg == q.seg && k.pos <= q.pos && window.is_none_or(|w| ((q.pos - k.pos) as usize) < w);
                 any |= !ok;
                 data.push(if ok { 0.0 } else { MASKED });
             }

@@ -17,9 +17,10 @@ impl Metadata {
         let content = Content::read(&mut f).map_err(|e| {
             let msg = first_line(&e);
             match msg.strip_prefix("unknown dtype for tensor ") {
-                Some(id) => Error::file(path, format!(
-                    "uses GGML tensor type id {id}, which instill cannot read (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q8_K); re-quantize it to one of those"
-                )),
+                Some(id) => Error::file(
+                    path,
+                    format!("uses GGML tensor type id {id}, which instill cannot read (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q8_K); re-quantize it to one of those"),
+                ),
                 None => Error::file(path, format!("not a readable GGUF file ({msg}); re-download it or check the path")),
             }
         })?;
@@ -62,12 +63,7 @@ impl Metadata {
 
     pub fn opt_usize(&self, key: &str) -> Option<usize> {
         let v = self.get(key)?;
-        v.to_u32()
-            .map(|x| x as usize)
-            .or_else(|_| v.to_i32().map(|x| x as usize))
-            .or_else(|_| v.to_u64().map(|x| x as usize))
-            .or_else(|_| v.to_i64().map(|x| x as usize))
-            .ok()
+        v.to_u32().map(|x| x as usize).or_else(|_| v.to_i32().map(|x| x as usize)).or_else(|_| v.to_u64().map(|x| x as usize)).or_else(|_| v.to_i64().map(|x| x as usize)).ok()
     }
 
     pub fn opt_f64(&self, key: &str) -> Option<f64> {
@@ -95,9 +91,7 @@ impl Metadata {
 
     pub fn i32_array(&self, key: &str) -> Result<Vec<i32>> {
         let arr = self.get(key).and_then(|v| v.to_vec().ok()).ok_or_else(|| self.missing(key))?;
-        arr.iter()
-            .map(|v| v.to_i32().or_else(|_| v.to_u32().map(|x| x as i32)).map_err(|_| self.missing(key)))
-            .collect()
+        arr.iter().map(|v| v.to_i32().or_else(|_| v.to_u32().map(|x| x as i32)).map_err(|_| self.missing(key))).collect()
     }
 
     pub fn arch(&self) -> Result<&str> {

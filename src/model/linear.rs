@@ -63,7 +63,11 @@ fn qgemv_forward(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
 /// `T` of a `(B, T, in)` input; the row count of a `(rows, in)` one.
 fn tokens_per_row(x: &Tensor) -> usize {
     let d = x.dims();
-    if d.len() >= 2 { d[d.len() - 2] } else { 1 }
+    if d.len() >= 2 {
+        d[d.len() - 2]
+    } else {
+        1
+    }
 }
 
 impl Linear {

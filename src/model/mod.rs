@@ -9,8 +9,8 @@ pub mod kernels;
 pub mod linear;
 pub mod ops;
 pub mod recompute;
-mod trainable;
 pub mod rope;
+mod trainable;
 pub mod weights;
 
 pub use batch::Batch;
@@ -82,8 +82,7 @@ impl CausalLm {
             ModelSource::HfDir(d) => {
                 let path = d.join("config.json");
                 let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
-                let cfg: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
+                let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
                 let mt = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
                 let arch = arch::by_hf_model_type(mt)?;
                 let config = arch.config_from_hf(&cfg)?;
@@ -110,7 +109,13 @@ impl CausalLm {
             make_linear(w.get(&format!("{name}.weight"))?, bias, opts)
         };
         let norm = |name: &str| -> Result<RmsNorm> { Ok(RmsNorm { weight: w.get(name)?.dense()?, eps: c.rms_eps }) };
-        let opt_norm = |name: &str, on: bool| -> Result<Option<RmsNorm>> { if on { norm(name).map(Some) } else { Ok(None) } };
+        let opt_norm = |name: &str, on: bool| -> Result<Option<RmsNorm>> {
+            if on {
+                norm(name).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let mut blocks = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("blk.{i}");
@@ -128,12 +133,7 @@ impl CausalLm {
                 attn,
                 post_attn_norm: opt_norm(&format!("{p}.post_attention_norm.weight"), c.sandwich_norm)?,
                 mlp_norm: norm(&format!("{p}.ffn_norm.weight"))?,
-                mlp: Mlp {
-                    gate: linear(&format!("{p}.ffn_gate"))?,
-                    up: linear(&format!("{p}.ffn_up"))?,
-                    down: linear(&format!("{p}.ffn_down"))?,
-                    act: c.activation,
-                },
+                mlp: Mlp { gate: linear(&format!("{p}.ffn_gate"))?, up: linear(&format!("{p}.ffn_up"))?, down: linear(&format!("{p}.ffn_down"))?, act: c.activation },
                 post_mlp_norm: opt_norm(&format!("{p}.post_ffw_norm.weight"), c.sandwich_norm)?,
                 sliding: c.is_sliding(i),
             });
@@ -146,17 +146,7 @@ impl CausalLm {
         let head_w = w.opt("output.weight").unwrap_or(emb_w);
         let lm_head = make_linear(head_w, None, opts)?;
         check_shapes(c, &embed, &w.path)?;
-        Ok(CausalLm {
-            norm: norm("output_norm.weight")?,
-            config,
-            arch,
-            embed,
-            blocks,
-            lm_head,
-            device: opts.device.clone(),
-            checkpointing: false,
-            prefix: None,
-        })
+        Ok(CausalLm { norm: norm("output_norm.weight")?, config, arch, embed, blocks, lm_head, device: opts.device.clone(), checkpointing: false, prefix: None })
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -230,10 +220,7 @@ impl CausalLm {
         let c = &self.config;
         let max_pos = batch.positions.iter().flatten().copied().max().unwrap_or(0) as usize;
         if max_pos >= c.max_position {
-            return Err(Error::Input(format!(
-                "sequence reaches position {max_pos}, beyond this model's context of {} tokens",
-                c.max_position
-            )));
+            return Err(Error::Input(format!("sequence reaches position {max_pos}, beyond this model's context of {} tokens", c.max_position)));
         }
         if let Some(&bad) = batch.tokens.iter().flatten().find(|&&t| t as usize >= c.vocab_size) {
             return Err(Error::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
@@ -270,11 +257,7 @@ impl CausalLm {
             None => None,
         };
         for (blk, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let (rope, mask) = if blk.sliding {
-                (local_rope.as_ref().unwrap_or(&global_rope), local_mask.as_ref())
-            } else {
-                (&global_rope, global_mask.as_ref())
-            };
+            let (rope, mask) = if blk.sliding { (local_rope.as_ref().unwrap_or(&global_rope), local_mask.as_ref()) } else { (&global_rope, global_mask.as_ref()) };
             x = if self.checkpointing && !keep_kv {
                 // The first block's input must be tracked for the recomputing op to be
                 // part of the graph at all (embeddings are frozen).

@@ -27,10 +27,7 @@ impl RopeTable {
                 }
             }
         }
-        Ok(RopeTable {
-            cos: Tensor::from_vec(cos, (b, t, half), dev)?,
-            sin: Tensor::from_vec(sin, (b, t, half), dev)?,
-        })
+        Ok(RopeTable { cos: Tensor::from_vec(cos, (b, t, half), dev)?, sin: Tensor::from_vec(sin, (b, t, half), dev)? })
     }
 
     /// Rotate `x (B, H, T, D)`.

@@ -51,10 +51,7 @@ impl WeightStore {
         let mut f = std::fs::File::open(&md.path)?;
         let mut map = HashMap::new();
         for name in md.content.tensor_infos.keys() {
-            let q = md
-                .content
-                .tensor(&mut f, name, dev)
-                .map_err(|e| Error::file(&md.path, format!("tensor {name:?}: {}", crate::error::first_line(&e))))?;
+            let q = md.content.tensor(&mut f, name, dev).map_err(|e| Error::file(&md.path, format!("tensor {name:?}: {}", crate::error::first_line(&e))))?;
             map.insert(name.clone(), Weight::Quant(Arc::new(q)));
         }
         Ok(WeightStore { path: md.path.clone(), map })
@@ -63,8 +60,7 @@ impl WeightStore {
     /// Read a HF safetensors directory and map names/layouts onto GGUF conventions.
     pub fn from_hf_dir(dir: &Path, arch: &dyn Architecture, cfg: &ModelConfig, dev: &Device) -> Result<Self> {
         let files = safetensor_files(dir)?;
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
-            .map_err(|e| Error::file(dir, format!("reading safetensors: {}", crate::error::first_line(&e))))?;
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| Error::file(dir, format!("reading safetensors: {}", crate::error::first_line(&e))))?;
         let mut map = HashMap::new();
         for (name, _) in st.tensors() {
             let Some(g) = arch::hf_to_gguf(arch, &name) else {
@@ -78,11 +74,8 @@ impl WeightStore {
 }
 
 fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::file(dir, e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(|e| Error::file(dir, e.to_string()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "safetensors")).collect();
     files.sort();
     if files.is_empty() {
         return Err(Error::file(dir, "no *.safetensors files: is this a Hugging Face model directory?"));
@@ -93,15 +86,7 @@ fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Write `tensors` (GGUF names, f32) as a HF directory: config.json and
 /// model.safetensors, or shards of at most `shard_bytes` with an index.
 /// Files are written into a temp directory that is renamed into place.
-pub fn save_hf_dir(
-    dir: &Path,
-    arch: &dyn Architecture,
-    cfg: &ModelConfig,
-    tensors: Vec<(String, Tensor)>,
-    dtype: DType,
-    shard_bytes: usize,
-    extra_files: &[(&str, Vec<u8>)],
-) -> Result<()> {
+pub fn save_hf_dir(dir: &Path, arch: &dyn Architecture, cfg: &ModelConfig, tensors: Vec<(String, Tensor)>, dtype: DType, shard_bytes: usize, extra_files: &[(&str, Vec<u8>)]) -> Result<()> {
     let tmp = dir.with_extension("partial");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
@@ -112,8 +97,7 @@ pub fn save_hf_dir(
         if cfg.tie_embeddings && g == "output.weight" {
             continue;
         }
-        let name = arch::gguf_to_hf(arch, &g)
-            .ok_or_else(|| Error::Unsupported(format!("no Hugging Face name for tensor {g:?}")))?;
+        let name = arch::gguf_to_hf(arch, &g).ok_or_else(|| Error::Unsupported(format!("no Hugging Face name for tensor {g:?}")))?;
         hf.push((name, arch.convert(&g, t, cfg, true)?.to_dtype(dtype)?));
     }
     hf.sort_by(|a, b| a.0.cmp(&b.0));

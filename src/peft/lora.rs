@@ -165,12 +165,7 @@ impl Lora {
         Ok(lora)
     }
 
-    fn build(
-        model: &mut CausalLm,
-        config: &LoraConfig,
-        seed: u64,
-        mut init: impl FnMut(&str, usize, usize, &candle_core::Device) -> Result<(Tensor, Tensor)>,
-    ) -> Result<Self> {
+    fn build(model: &mut CausalLm, config: &LoraConfig, seed: u64, mut init: impl FnMut(&str, usize, usize, &candle_core::Device) -> Result<(Tensor, Tensor)>) -> Result<Self> {
         if config.r == 0 {
             return Err(Error::Input("lora.r must be at least 1".into()));
         }

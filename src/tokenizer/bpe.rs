@@ -107,16 +107,7 @@ impl FastBpe {
             merges.insert((id(l)?, id(r)?), (rank as u32, new));
         }
         let specials = added_tokens(doc).ok_or("added tokens")?;
-        Ok(FastBpe {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            pattern,
-            nfc,
-            ignore_merges,
-            byte_ids,
-            merges,
-            vocab,
-            specials,
-        })
+        Ok(FastBpe { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), pattern, nfc, ignore_merges, byte_ids, merges, vocab, specials })
     }
 
     /// Ids and byte spans of `text`, or None when the text needs a normalisation this
@@ -186,8 +177,7 @@ impl FastBpe {
                 return vec![(id, 0, bytes.len() as u32)];
             }
         }
-        let mut sym: Vec<(u32, u32, u32)> =
-            bytes.iter().enumerate().filter_map(|(i, &b)| self.byte_ids[b as usize].map(|id| (id, i as u32, i as u32 + 1))).collect();
+        let mut sym: Vec<(u32, u32, u32)> = bytes.iter().enumerate().filter_map(|(i, &b)| self.byte_ids[b as usize].map(|id| (id, i as u32, i as u32 + 1))).collect();
         let rank = |a: &(u32, u32, u32), b: &(u32, u32, u32)| self.merges.get(&(a.0, b.0)).copied();
         let mut ranks: Vec<Option<(u32, u32)>> = sym.windows(2).map(|w| rank(&w[0], &w[1])).collect();
         loop {
@@ -228,18 +218,14 @@ fn pre_tokenizer(doc: &Value, split_patterns: &[(&str, Pattern)]) -> Option<(Pat
         n if n["type"] == "NFC" => true,
         _ => return None,
     };
-    let byte_level = |v: &Value, regex: bool| {
-        v["type"] == "ByteLevel" && v["use_regex"].as_bool() == Some(regex) && !v["add_prefix_space"].as_bool().unwrap_or(false)
-    };
+    let byte_level = |v: &Value, regex: bool| v["type"] == "ByteLevel" && v["use_regex"].as_bool() == Some(regex) && !v["add_prefix_space"].as_bool().unwrap_or(false);
     let pre = &doc["pre_tokenizer"];
     if byte_level(pre, true) {
         return Some((Pattern::Gpt2 { digits: false }, nfc));
     }
     let seq = pre["pretokenizers"].as_array().filter(|_| pre["type"] == "Sequence")?;
     match seq.as_slice() {
-        [d, b] if d["type"] == "Digits" && d["individual_digits"] == true && byte_level(b, true) => {
-            Some((Pattern::Gpt2 { digits: true }, nfc))
-        }
+        [d, b] if d["type"] == "Digits" && d["individual_digits"] == true && byte_level(b, true) => Some((Pattern::Gpt2 { digits: true }, nfc)),
         [s, b] if s["type"] == "Split" && s["behavior"] == "Isolated" && s["invert"] == false && byte_level(b, false) => {
             let re = s["pattern"]["Regex"].as_str()?;
             split_patterns.iter().find(|(p, _)| *p == re).map(|(_, k)| (*k, nfc))

@@ -28,12 +28,7 @@ pub fn tokenizer_json(md: &Metadata) -> Result<Value> {
     let mut doc = match model {
         "gpt2" => byte_level_bpe(md, &tokens)?,
         "llama" => sentencepiece_bpe(md, &tokens, &types)?,
-        other => {
-            return Err(Error::file(
-                &md.path,
-                format!("tokenizer model {other:?} is not supported (instill reads \"gpt2\" byte-level BPE and \"llama\" SentencePiece)"),
-            ))
-        }
+        other => return Err(Error::file(&md.path, format!("tokenizer model {other:?} is not supported (instill reads \"gpt2\" byte-level BPE and \"llama\" SentencePiece)"))),
     };
     doc["version"] = "1.0".into();
     doc["truncation"] = Value::Null;
@@ -74,12 +69,7 @@ fn byte_level_bpe(md: &Metadata, tokens: &[String]) -> Result<Value> {
         "qwen2" => (json!({"type": "NFC"}), json!({"type": "Sequence", "pretokenizers": [split(QWEN2_PATTERN), byte_level(false)]})),
         "llama-bpe" | "llama3" => (Value::Null, json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_PATTERN), byte_level(false)]})),
         "default" | "gpt2" | "gpt-2" => (Value::Null, byte_level(true)),
-        other => {
-            return Err(Error::file(
-                &md.path,
-                format!("tokenizer pre-tokenizer {other:?} is not supported (known: smollm, qwen2, llama-bpe, gpt2, default)"),
-            ))
-        }
+        other => return Err(Error::file(&md.path, format!("tokenizer pre-tokenizer {other:?} is not supported (known: smollm, qwen2, llama-bpe, gpt2, default)"))),
     };
     let merges = md.str_array("tokenizer.ggml.merges")?;
     Ok(json!({
@@ -99,16 +89,8 @@ fn sentencepiece_bpe(md: &Metadata, tokens: &[String], types: &[i32]) -> Result<
     }
     let add_space = md.opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
     let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
-    let normalizer = if add_space {
-        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]})
-    } else {
-        replace
-    };
-    let mut decoders = vec![
-        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
-        json!({"type": "ByteFallback"}),
-        json!({"type": "Fuse"}),
-    ];
+    let normalizer = if add_space { json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]}) } else { replace };
+    let mut decoders = vec![json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}), json!({"type": "ByteFallback"}), json!({"type": "Fuse"})];
     if add_space {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
@@ -146,9 +128,7 @@ fn spm_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec<Value> {
         merges.extend(local.into_iter().map(|(li, ri, ll, rl, m)| (scores[i], ll, rl, li, ri, m)));
     }
     // Descending by (score, len(left), len(right)); stable, like Python's sorted(reverse=True).
-    merges.sort_by(|a, b| {
-        b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2))
-    });
+    merges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
     // Pairs, not "l r" strings: SentencePiece pieces may contain spaces.
     merges.into_iter().map(|m| json!(m.5)).collect()
 }

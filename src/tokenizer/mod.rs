@@ -15,10 +15,7 @@ use std::path::Path;
 const TURN_ENDS: &[&str] = &["<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "</s>", "<eos>"];
 
 /// Split patterns the fast encoder's scanners reproduce.
-const SPLIT_PATTERNS: [(&str, pretok::Pattern); 2] = [
-    (gguf::QWEN2_PATTERN, pretok::Pattern::Qwen2 { max_digits: 1 }),
-    (gguf::LLAMA3_PATTERN, pretok::Pattern::Qwen2 { max_digits: 3 }),
-];
+const SPLIT_PATTERNS: [(&str, pretok::Pattern); 2] = [(gguf::QWEN2_PATTERN, pretok::Pattern::Qwen2 { max_digits: 1 }), (gguf::LLAMA3_PATTERN, pretok::Pattern::Qwen2 { max_digits: 3 })];
 
 /// A byte range `[start, end)` of a text.
 pub type Span = (usize, usize);
@@ -64,10 +61,7 @@ impl Tokenizer {
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
         let inner = parse(&json, &path)?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: serde_json::Value = std::fs::read_to_string(&cfg_path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let cfg: serde_json::Value = std::fs::read_to_string(&cfg_path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         let token_of = |k: &str| -> Option<u32> {
             let v = cfg.get(k)?;
             let s = v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))?;
@@ -79,14 +73,7 @@ impl Tokenizer {
         Ok(Self::assemble(inner, json, bos_id, eos_id, add_bos, chat_template))
     }
 
-    fn assemble(
-        inner: tokenizers::Tokenizer,
-        json: serde_json::Value,
-        bos_id: Option<u32>,
-        eos_id: Option<u32>,
-        add_bos: bool,
-        chat_template: Option<String>,
-    ) -> Self {
+    fn assemble(inner: tokenizers::Tokenizer, json: serde_json::Value, bos_id: Option<u32>, eos_id: Option<u32>, add_bos: bool, chat_template: Option<String>) -> Self {
         let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
         stop_ids.extend(TURN_ENDS.iter().filter_map(|t| inner.token_to_id(t)));
         stop_ids.dedup();
@@ -202,9 +189,7 @@ impl Tokenizer {
         let source = match name {
             Some(n) => template::named(n)?,
             None => self.chat_template.clone().ok_or_else(|| {
-                Error::Template(
-                    "this model has no chat template (it is probably a base model): pass --template chatml|llama3|gemma|alpaca|FILE, or use --prompt for plain text".into(),
-                )
+                Error::Template("this model has no chat template (it is probably a base model): pass --template chatml|llama3|gemma|alpaca|FILE, or use --prompt for plain text".into())
             })?,
         };
         ChatTemplate::new(&source, self.token_string(self.bos_id), self.token_string(self.eos_id))

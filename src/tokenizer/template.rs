@@ -15,9 +15,7 @@ pub fn named(name: &str) -> Result<String> {
         "llama3" => LLAMA3.into(),
         "gemma" => GEMMA.into(),
         "alpaca" => ALPACA.into(),
-        path => std::fs::read_to_string(path).map_err(|e| {
-            Error::Template(format!("{path:?} is neither a builtin template (chatml, llama3, gemma, alpaca) nor a readable file: {e}"))
-        })?,
+        path => std::fs::read_to_string(path).map_err(|e| Error::Template(format!("{path:?} is neither a builtin template (chatml, llama3, gemma, alpaca) nor a readable file: {e}")))?,
     })
 }
 
@@ -35,9 +33,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> { Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg)) });
         env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string()).map_err(|e| Error::Template(e.to_string()))?;
@@ -130,9 +126,5 @@ fn strftime_now(fmt: &str) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-    fmt.replace("%Y", &y.to_string())
-        .replace("%m", &format!("{m:02}"))
-        .replace("%d", &format!("{d:02}"))
-        .replace("%B", MONTHS[(m - 1) as usize])
-        .replace("%b", &MONTHS[(m - 1) as usize][..3])
+    fmt.replace("%Y", &y.to_string()).replace("%m", &format!("{m:02}")).replace("%d", &format!("{d:02}")).replace("%B", MONTHS[(m - 1) as usize]).replace("%b", &MONTHS[(m - 1) as usize][..3])
 }

@@ -26,7 +26,10 @@ pub fn load(recipe: &Recipe, tok: &Tokenizer, tmpl: &ChatTemplate) -> Result<(Ve
     let mut train = read_all(&recipe.data, recipe, tok, tmpl, &mut counts)?;
     let mut val = read_all(&recipe.val_data, recipe, tok, tmpl, &mut Counts::default())?;
     if train.is_empty() {
-        return Err(Error::Input(format!("no training examples left of {} (dropped {} longer than max_len {}, {} without trained tokens)", counts.examples, counts.dropped, recipe.max_len, counts.no_target)));
+        return Err(Error::Input(format!(
+            "no training examples left of {} (dropped {} longer than max_len {}, {} without trained tokens)",
+            counts.examples, counts.dropped, recipe.max_len, counts.no_target
+        )));
     }
     if val.is_empty() && recipe.val_fraction > 0.0 {
         let mut order: Vec<usize> = (0..train.len()).collect();

@@ -18,7 +18,7 @@ const CHUNK: usize = 128;
 pub fn loss_sum(model: &CausalLm, rows: &Rows) -> Result<(Tensor, usize)> {
     let (b, t) = rows.batch.dims();
     let h = model.final_hidden(&rows.batch)?; // (B, T, D)
-    // Position i-1 predicts target token i.
+                                              // Position i-1 predicts target token i.
     let mut at = vec![];
     let mut targets = vec![];
     for r in 0..b {

@@ -28,12 +28,7 @@ impl Metrics {
     /// run replaces what came after its checkpoint).
     pub fn open(dir: &Path, keep_through: usize) -> Result<Self> {
         let path = dir.join("metrics.jsonl");
-        let rows: Vec<StepMetrics> = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|m: &StepMetrics| m.step <= keep_through)
-            .collect();
+        let rows: Vec<StepMetrics> = std::fs::read_to_string(&path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).filter(|m: &StepMetrics| m.step <= keep_through).collect();
         let m = Metrics { path, rows };
         m.rewrite()?;
         Ok(m)

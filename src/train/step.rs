@@ -46,11 +46,7 @@ pub fn loss_and_grads(model: &CausalLm, micro: &[Rows], params: &[Var]) -> Resul
             }
         }
     }
-    let grads = grads
-        .into_iter()
-        .zip(params)
-        .map(|(g, p)| g.map_or_else(|| Tensor::zeros_like(p.as_tensor()), Ok))
-        .collect::<candle_core::Result<Vec<_>>>()?;
+    let grads = grads.into_iter().zip(params).map(|(g, p)| g.map_or_else(|| Tensor::zeros_like(p.as_tensor()), Ok)).collect::<candle_core::Result<Vec<_>>>()?;
     Ok(StepGrads { loss, targets: total, tokens, grads })
 }
 

@@ -55,6 +55,10 @@ impl Format for Alpaca {
                 }
             }
         }
-        if errs.is_empty() { Ok(vec![Example::Sft(c)]) } else { Err(errs) }
+        if errs.is_empty() {
+            Ok(vec![Example::Sft(c)])
+        } else {
+            Err(errs)
+        }
     }
 }

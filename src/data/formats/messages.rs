@@ -21,6 +21,10 @@ impl Format for Messages {
         if errs.is_empty() {
             validate(&c, "messages", true, &mut errs);
         }
-        if errs.is_empty() { Ok(vec![Example::Sft(c)]) } else { Err(errs) }
+        if errs.is_empty() {
+            Ok(vec![Example::Sft(c)])
+        } else {
+            Err(errs)
+        }
     }
 }

@@ -43,11 +43,7 @@ pub fn names() -> Vec<&'static str> {
 }
 
 pub fn by_name(name: &str) -> Result<&'static dyn Format> {
-    FORMATS
-        .iter()
-        .copied()
-        .find(|f| f.name() == name)
-        .ok_or_else(|| Error::Input(format!("unknown data format {name:?}: one of {}", names().join(", "))))
+    FORMATS.iter().copied().find(|f| f.name() == name).ok_or_else(|| Error::Input(format!("unknown data format {name:?}: one of {}", names().join(", "))))
 }
 
 pub fn detect(v: &Value) -> Option<&'static dyn Format> {
@@ -150,11 +146,7 @@ pub(crate) fn message(m: &Value, f: &str, errs: &mut Errors) -> Message {
     };
     let content = match m.get("content") {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").or_else(|| p.get("value")).and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(""),
+        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").or_else(|| p.get("value")).and_then(Value::as_str)).collect::<Vec<_>>().join(""),
         None | Some(Value::Null) => String::new(),
         Some(other) => {
             errs.push((format!("{f}.content"), format!("expected a string or a list of parts, found {}", kind(other))));

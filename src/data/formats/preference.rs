@@ -13,7 +13,11 @@ fn pair(prompt: Vec<Message>, chosen: Vec<Message>, rejected: Vec<Message>, mut 
         let c = Conversation { messages: prompt.iter().chain(side.iter()).cloned().collect(), tools: None };
         validate(&c, name, true, &mut errs);
     }
-    if errs.is_empty() { Ok(vec![Example::Preference(PreferencePair { prompt, chosen, rejected })]) } else { Err(errs) }
+    if errs.is_empty() {
+        Ok(vec![Example::Preference(PreferencePair { prompt, chosen, rejected })])
+    } else {
+        Err(errs)
+    }
 }
 
 pub struct ShareGptPreference;
@@ -162,6 +166,10 @@ impl Format for Kto {
         if errs.is_empty() {
             validate(&c, "messages", true, &mut errs);
         }
-        if errs.is_empty() { Ok(vec![Example::Labelled(c, label)]) } else { Err(errs) }
+        if errs.is_empty() {
+            Ok(vec![Example::Labelled(c, label)])
+        } else {
+            Err(errs)
+        }
     }
 }

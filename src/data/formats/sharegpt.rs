@@ -70,6 +70,10 @@ impl Format for ShareGpt {
         if errs.is_empty() {
             validate(&c, "conversations", true, &mut errs);
         }
-        if errs.is_empty() { Ok(vec![Example::Sft(c)]) } else { Err(errs) }
+        if errs.is_empty() {
+            Ok(vec![Example::Sft(c)])
+        } else {
+            Err(errs)
+        }
     }
 }

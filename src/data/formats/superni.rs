@@ -140,7 +140,11 @@ impl Format for SuperNiTask {
                 _ => errs.push((format!("Instances[{i}].output"), "missing or empty".into())),
             }
         }
-        if errs.is_empty() { Ok(out) } else { Err(errs) }
+        if errs.is_empty() {
+            Ok(out)
+        } else {
+            Err(errs)
+        }
     }
 }
 

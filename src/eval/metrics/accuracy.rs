@@ -13,19 +13,11 @@ pub fn label_match(pred: &str, label: &str) -> bool {
 /// Fraction of predictions that match their label; 0.0 for no examples.
 /// Panics when the lists differ in length.
 pub fn accuracy<S: AsRef<str>>(preds: &[S], labels: &[S]) -> f64 {
-    assert_eq!(
-        preds.len(),
-        labels.len(),
-        "accuracy: predictions and labels differ in number"
-    );
+    assert_eq!(preds.len(), labels.len(), "accuracy: predictions and labels differ in number");
     if preds.is_empty() {
         return 0.0;
     }
-    let hits = preds
-        .iter()
-        .zip(labels)
-        .filter(|(p, l)| label_match(p.as_ref(), l.as_ref()))
-        .count();
+    let hits = preds.iter().zip(labels).filter(|(p, l)| label_match(p.as_ref(), l.as_ref())).count();
     hits as f64 / preds.len() as f64
 }
 

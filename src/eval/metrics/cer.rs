@@ -37,11 +37,7 @@ pub fn cer(reference: &str, hypothesis: &str) -> f64 {
 /// `jiwer.cer(references, hypotheses)` for lists: total edits over total reference
 /// characters. Panics when the lists differ in length (jiwer raises `ValueError`).
 pub fn cer_corpus<S: AsRef<str>>(references: &[S], hypotheses: &[S]) -> f64 {
-    assert_eq!(
-        references.len(),
-        hypotheses.len(),
-        "cer: references and hypotheses differ in number"
-    );
+    assert_eq!(references.len(), hypotheses.len(), "cer: references and hypotheses differ in number");
     let (mut edits, mut ref_chars, mut hyp_chars) = (0usize, 0usize, 0usize);
     for (r, h) in references.iter().zip(hypotheses) {
         let (r, h) = (strip(r.as_ref()), strip(h.as_ref()));

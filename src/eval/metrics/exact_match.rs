@@ -17,10 +17,7 @@ pub fn is_py_whitespace(c: char) -> bool {
 pub fn normalize_answer(s: &str) -> String {
     let lowered = s.to_lowercase();
     let kept: String = lowered.chars().filter(|c| !c.is_ascii_punctuation()).collect();
-    kept.split(is_py_whitespace)
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    kept.split(is_py_whitespace).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// 1.0 when the normalized strings are equal, else 0.0 (SuperNI's `exact_match_score`).

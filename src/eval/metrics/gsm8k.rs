@@ -87,11 +87,7 @@ pub fn normalize_number(s: &str) -> String {
         Some(i) => s[i + 5..].to_string(),
         None => s,
     });
-    let s = if let Some(head) = s.strip_suffix(".\n") {
-        format!("{head}\n")
-    } else {
-        s.strip_suffix('.').map(str::to_string).unwrap_or(s)
-    };
+    let s = if let Some(head) = s.strip_suffix(".\n") { format!("{head}\n") } else { s.strip_suffix('.').map(str::to_string).unwrap_or(s) };
     trim_nul(s).to_lowercase()
 }
 

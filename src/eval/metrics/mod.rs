@@ -29,7 +29,11 @@ pub trait Metric: Send + Sync {
 pub fn best(m: &dyn Metric, prediction: &str, references: &[String]) -> f64 {
     let scores = references.iter().map(|r| m.score(prediction, r));
     let pick = if m.higher_is_better() { scores.fold(f64::NEG_INFINITY, f64::max) } else { scores.fold(f64::INFINITY, f64::min) };
-    if pick.is_finite() { pick } else { 0.0 }
+    if pick.is_finite() {
+        pick
+    } else {
+        0.0
+    }
 }
 
 /// ROUGE-L F-measure: rouge_score's tokenizer with the Porter stemmer, or for
@@ -87,7 +91,11 @@ impl Metric for Accuracy {
         "accuracy"
     }
     fn score(&self, prediction: &str, reference: &str) -> f64 {
-        if accuracy::label_match(prediction, reference) { 100.0 } else { 0.0 }
+        if accuracy::label_match(prediction, reference) {
+            100.0
+        } else {
+            0.0
+        }
     }
 }
 
@@ -99,11 +107,19 @@ pub struct Gsm8k {
 
 impl Metric for Gsm8k {
     fn name(&self) -> &'static str {
-        if self.strict { "exact_match_strict" } else { "exact_match_flexible" }
+        if self.strict {
+            "exact_match_strict"
+        } else {
+            "exact_match_flexible"
+        }
     }
     fn score(&self, prediction: &str, reference: &str) -> f64 {
         let ok = if self.strict { gsm8k::correct(prediction, reference) } else { gsm8k::correct_flexible(prediction, reference) };
-        if ok { 100.0 } else { 0.0 }
+        if ok {
+            100.0
+        } else {
+            0.0
+        }
     }
 }
 

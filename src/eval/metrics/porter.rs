@@ -109,12 +109,7 @@ fn ends_double_consonant(w: &[char]) -> bool {
 /// two-letter word vowel-consonant.
 fn ends_cvc(w: &[char]) -> bool {
     let n = w.len();
-    (n >= 3
-        && is_consonant(w, n - 3)
-        && !is_consonant(w, n - 2)
-        && is_consonant(w, n - 1)
-        && !matches!(w[n - 1], 'w' | 'x' | 'y'))
-        || (n == 2 && !is_consonant(w, 0) && is_consonant(w, 1))
+    (n >= 3 && is_consonant(w, n - 3) && !is_consonant(w, n - 2) && is_consonant(w, n - 1) && !matches!(w[n - 1], 'w' | 'x' | 'y')) || (n == 2 && !is_consonant(w, 0) && is_consonant(w, 1))
 }
 
 fn ends_with(w: &[char], suffix: &str) -> bool {
@@ -167,15 +162,7 @@ fn step1a(w: Word) -> Word {
     if ends_with(&w, "ies") && w.len() == 4 {
         return join(&without(&w, "ies"), "ie");
     }
-    apply_rules(
-        w,
-        &[
-            ("sses", "ss", None),
-            ("ies", "i", None),
-            ("ss", "ss", None),
-            ("s", "", None),
-        ],
-    )
+    apply_rules(w, &[("sses", "ss", None), ("ies", "i", None), ("ss", "ss", None), ("s", "", None)])
 }
 
 /// (m>0) eed -> ee; (*v*) ed, ing -> (then at/bl/iz + e, undouble, or +e after a short cvc).
@@ -189,27 +176,13 @@ fn step1b(w: Word) -> Word {
         let stem = without(&w, "eed");
         return if measure(&stem) > 0 { join(&stem, "ee") } else { w };
     }
-    let Some(stem) = ["ed", "ing"]
-        .iter()
-        .filter(|s| ends_with(&w, s))
-        .map(|s| without(&w, s))
-        .find(|s| contains_vowel(s))
-    else {
+    let Some(stem) = ["ed", "ing"].iter().filter(|s| ends_with(&w, s)).map(|s| without(&w, s)).find(|s| contains_vowel(s)) else {
         return w;
     };
     let last: String = stem.last().into_iter().collect();
     let undouble = |_: &[char]| !matches!(last.as_str(), "l" | "s" | "z");
     let add_e = |s: &[char]| measure(s) == 1 && ends_cvc(s);
-    apply_rules(
-        stem.clone(),
-        &[
-            ("at", "ate", None),
-            ("bl", "ble", None),
-            ("iz", "ize", None),
-            ("*d", &last, Some(&undouble)),
-            ("", "e", Some(&add_e)),
-        ],
-    )
+    apply_rules(stem.clone(), &[("at", "ate", None), ("bl", "ble", None), ("iz", "ize", None), ("*d", &last, Some(&undouble)), ("", "e", Some(&add_e))])
 }
 
 /// y -> i, nltk's way: only after a consonant that is not the whole stem (happy, not enjoy).

@@ -21,24 +21,12 @@ pub struct Score {
 }
 
 impl Score {
-    const ZERO: Score = Score {
-        precision: 0.0,
-        recall: 0.0,
-        fmeasure: 0.0,
-    };
+    const ZERO: Score = Score { precision: 0.0, recall: 0.0, fmeasure: 0.0 };
 
     /// rouge_score's `scoring.fmeasure`: `2 * p * r / (p + r)`, 0 when both are 0.
     fn new(precision: f64, recall: f64) -> Score {
-        let fmeasure = if precision + recall > 0.0 {
-            2.0 * precision * recall / (precision + recall)
-        } else {
-            0.0
-        };
-        Score {
-            precision,
-            recall,
-            fmeasure,
-        }
+        let fmeasure = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+        Score { precision, recall, fmeasure }
     }
 }
 
@@ -115,18 +103,9 @@ mod tests {
 
     #[test]
     fn tokenizer_like_rouge_score() {
-        assert_eq!(
-            tokenize("The quick-brown FOXES, jumping!", true),
-            ["the", "quick", "brown", "fox", "jump"]
-        );
-        assert_eq!(
-            tokenize("The quick-brown FOXES", false),
-            ["the", "quick", "brown", "foxes"]
-        );
-        assert_eq!(
-            tokenize("İstanbul \u{212A}elvin naïve 3½ ４", false),
-            ["i", "stanbul", "kelvin", "na", "ve", "3"]
-        );
+        assert_eq!(tokenize("The quick-brown FOXES, jumping!", true), ["the", "quick", "brown", "fox", "jump"]);
+        assert_eq!(tokenize("The quick-brown FOXES", false), ["the", "quick", "brown", "foxes"]);
+        assert_eq!(tokenize("İstanbul \u{212A}elvin naïve 3½ ４", false), ["i", "stanbul", "kelvin", "na", "ve", "3"]);
         assert!(tokenize(" ...\n\t ", true).is_empty());
     }
 

@@ -63,14 +63,7 @@ impl SuperNi {
         let categories = v.get("categories").and_then(|c| c.as_array()).map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect()).unwrap_or_default();
         // Some tasks' instances carry `"id": null`: their line number names them instead.
         let id = v.get("id").and_then(|i| i.as_str()).map_or_else(|| format!("{task}#{line}"), str::to_string);
-        Ok(Item {
-            id,
-            xlingual: self.xlingual(&task),
-            prompt: prompt(definition, &demos, &[], field(v, "input", p, line)?, false),
-            references: references(v, p, line)?,
-            task,
-            categories,
-        })
+        Ok(Item { id, xlingual: self.xlingual(&task), prompt: prompt(definition, &demos, &[], field(v, "input", p, line)?, false), references: references(v, p, line)?, task, categories })
     }
 }
 
@@ -133,7 +126,11 @@ impl Suite for SuperNi {
     fn metrics(&self, item: &Item) -> Vec<Box<dyn Metric>> {
         let rouge: Box<dyn Metric> = Box::new(RougeL { xlingual: item.xlingual });
         let em: Box<dyn Metric> = Box::new(ExactMatch);
-        if item.categories.iter().any(|c| EXACT_MATCH_CATEGORIES.contains(&c.as_str())) { vec![em, rouge] } else { vec![rouge, em] }
+        if item.categories.iter().any(|c| EXACT_MATCH_CATEGORIES.contains(&c.as_str())) {
+            vec![em, rouge]
+        } else {
+            vec![rouge, em]
+        }
     }
 
     fn correct(&self, scores: &BTreeMap<String, f64>) -> bool {

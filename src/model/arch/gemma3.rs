@@ -52,9 +52,7 @@ impl Architecture for Gemma3 {
     }
     fn hf_config(&self, c: &ModelConfig) -> serde_json::Value {
         let mut v = hf_config_base(c, "gemma3_text", "Gemma3ForCausalLM");
-        let layer_types: Vec<&str> = (0..c.num_layers)
-            .map(|i| if c.is_sliding(i) { "sliding_attention" } else { "full_attention" })
-            .collect();
+        let layer_types: Vec<&str> = (0..c.num_layers).map(|i| if c.is_sliding(i) { "sliding_attention" } else { "full_attention" }).collect();
         let o = v.as_object_mut().expect("object");
         o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
         o.insert("query_pre_attn_scalar".into(), (1.0 / (c.attn_scale * c.attn_scale)).round().into());

@@ -76,10 +76,7 @@ pub(crate) fn hf_base(cfg: &serde_json::Value, arch: &str) -> Result<ModelConfig
 
 /// `rope_theta` moved into `rope_parameters` in newer transformers.
 pub(crate) fn rope_theta(cfg: &serde_json::Value) -> f64 {
-    cfg.get("rope_parameters")
-        .and_then(|r| r.get("rope_theta"))
-        .and_then(|v| v.as_f64())
-        .unwrap_or_else(|| hf_f64(cfg, "rope_theta", 10_000.0))
+    cfg.get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(|v| v.as_f64()).unwrap_or_else(|| hf_f64(cfg, "rope_theta", 10_000.0))
 }
 
 pub(crate) fn hf_config_base(c: &ModelConfig, model_type: &str, arch_class: &str) -> serde_json::Value {
@@ -106,11 +103,7 @@ pub(crate) fn hf_config_base(c: &ModelConfig, model_type: &str, arch_class: &str
 fn permute(t: Tensor, heads: usize, to_hf: bool) -> Result<Tensor> {
     let (rows, cols) = t.dims2()?;
     let half = rows / heads / 2;
-    let t = if to_hf {
-        t.reshape((heads, half, 2, cols))?.transpose(1, 2)?
-    } else {
-        t.reshape((heads, 2, half, cols))?.transpose(1, 2)?
-    };
+    let t = if to_hf { t.reshape((heads, half, 2, cols))?.transpose(1, 2)? } else { t.reshape((heads, 2, half, cols))?.transpose(1, 2)? };
     Ok(t.contiguous()?.reshape((rows, cols))?)
 }
 

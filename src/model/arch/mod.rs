@@ -33,11 +33,7 @@ pub fn by_name(name: &str) -> Result<&'static dyn Architecture> {
 }
 
 pub fn by_hf_model_type(model_type: &str) -> Result<&'static dyn Architecture> {
-    ARCHITECTURES
-        .iter()
-        .copied()
-        .find(|a| a.hf_model_types().contains(&model_type))
-        .ok_or_else(|| unknown(model_type))
+    ARCHITECTURES.iter().copied().find(|a| a.hf_model_types().contains(&model_type)).ok_or_else(|| unknown(model_type))
 }
 
 fn unknown(name: &str) -> Error {
@@ -46,11 +42,7 @@ fn unknown(name: &str) -> Error {
 }
 
 /// Names shared by every family outside the layers.
-pub const GLOBAL_NAMES: &[(&str, &str)] = &[
-    ("model.embed_tokens.weight", "token_embd.weight"),
-    ("model.norm.weight", "output_norm.weight"),
-    ("lm_head.weight", "output.weight"),
-];
+pub const GLOBAL_NAMES: &[(&str, &str)] = &[("model.embed_tokens.weight", "token_embd.weight"), ("model.norm.weight", "output_norm.weight"), ("lm_head.weight", "output.weight")];
 
 /// Map a HF tensor name to its GGUF name under `arch`.
 pub fn hf_to_gguf(arch: &dyn Architecture, hf: &str) -> Option<String> {
@@ -78,10 +70,7 @@ pub fn gguf_to_hf(arch: &dyn Architecture, gguf: &str) -> Option<String> {
 
 /// Helpers for reading HF config.json values with errors naming the key.
 pub(crate) fn hf_usize(cfg: &serde_json::Value, key: &str) -> Result<usize> {
-    cfg.get(key)
-        .and_then(|v| v.as_u64())
-        .map(|v| v as usize)
-        .ok_or_else(|| Error::Input(format!("config.json: missing or non-integer {key:?}")))
+    cfg.get(key).and_then(|v| v.as_u64()).map(|v| v as usize).ok_or_else(|| Error::Input(format!("config.json: missing or non-integer {key:?}")))
 }
 
 pub(crate) fn hf_f64(cfg: &serde_json::Value, key: &str, default: f64) -> f64 {

@@ -189,7 +189,7 @@ pub fn dot_q5_0_scalar(w: &[u8], x: &QuantRow) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Format, QuantRow, QK, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES};
+    use super::{Format, QuantRow, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, QK};
     use std::arch::x86_64::*;
 
     /// 16 bytes of nibbles -> 32 bytes: low nibbles first (elements 0..16), then high.
@@ -364,13 +364,7 @@ mod x86 {
                 // Odd block count: the last block through the AVX2 path.
                 let tail = &w[b * bytes..];
                 let x = &rows[r];
-                let sub = QuantRow {
-                    qs: x.qs[b * QK..].to_vec(),
-                    d: x.d[b..].to_vec(),
-                    sum: x.sum[b..].to_vec(),
-                    dv: vec![],
-                    ds: vec![],
-                };
+                let sub = QuantRow { qs: x.qs[b * QK..].to_vec(), d: x.d[b..].to_vec(), sum: x.sum[b..].to_vec(), dv: vec![], ds: vec![] };
                 v += match format {
                     Format::Q4_1 => dot_q4_1(tail, &sub),
                     Format::Q5_0 => dot_q5_0(tail, &sub),
@@ -390,7 +384,6 @@ mod x86 {
         let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
         _mm256_and_si256(set, _mm256_set1_epi8(0x10))
     }
-
 }
 
 #[cfg(test)]
