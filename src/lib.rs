@@ -11,6 +11,7 @@ pub mod hub;
 pub mod model;
 pub mod peft;
 pub mod plot;
+pub mod progress;
 pub mod tokenizer;
 pub mod train;
 pub use tokenizer::Tokenizer;

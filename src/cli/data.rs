@@ -219,7 +219,7 @@ fn check(a: CheckArgs) -> Result<()> {
                         turns += c.messages.len();
                     }
                     Example::Preference(_) => pref += 1,
-                    Example::Labelled(..) => lab += 1,
+                    Example::Labelled(..) | Example::Scored(..) => lab += 1,
                 },
                 Err(p) => {
                     n_problems += 1;
@@ -277,7 +277,7 @@ fn render_cmd(a: RenderArgs) -> Result<()> {
         let rec = rec?;
         // Preference pairs render as two conversations: prompt + chosen, prompt + rejected.
         let sides: Vec<(&str, instill::data::Conversation)> = match &rec.example {
-            Example::Sft(c) | Example::Labelled(c, _) => vec![("", c.clone())],
+            Example::Sft(c) | Example::Labelled(c, _) | Example::Scored(c, _) => vec![("", c.clone())],
             Example::Preference(p) => ["chosen", "rejected"]
                 .into_iter()
                 .zip([&p.chosen, &p.rejected])

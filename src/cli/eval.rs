@@ -23,6 +23,49 @@ pub enum EvalCmd {
     Robustness(RobustnessArgs),
     /// Write alternative wordings of each SuperNI task definition with a local model.
     Paraphrase(ParaphraseArgs),
+    /// Held-out preference pairs: how often the model gives the chosen response the
+    /// higher log-prob (summed and per token), and the margins.
+    Pairs(PairsArgs),
+}
+
+#[derive(Args)]
+pub struct PairsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Preference pairs (any layout `instill data` reads).
+    #[arg(long)]
+    data: PathBuf,
+    /// Chat template (default: the model's own).
+    #[arg(long)]
+    template: Option<String>,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Report directory: pairs.jsonl, summary.json, margins.png.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn pairs(a: PairsArgs) -> Result<()> {
+    use instill::eval::pairs::{policy_pairs, summarize, write_report};
+    let (model, tok) = a.model.load()?;
+    let tmpl = tok.template(a.template.as_deref())?;
+    let scores = policy_pairs(&model, &tok, &tmpl, &a.data, &Default::default(), a.batch_size)?;
+    let who = match &a.model.adapter {
+        Some(ad) => format!("{} + {}", a.model.model, ad.display()),
+        None => a.model.model.clone(),
+    };
+    let s = summarize(&scores, &who);
+    write_report(&a.out, &scores, &s)?;
+    println!(
+        "{} pairs: chosen more likely in {:.1}% (per token {:.1}%), mean log-prob margin {:.3} (per token {:.4}); {}/summary.json",
+        s.pairs,
+        100.0 * s.accuracy,
+        100.0 * s.accuracy_per_token.unwrap_or(f64::NAN),
+        s.mean_margin,
+        s.mean_margin_per_token.unwrap_or(f64::NAN),
+        a.out.display()
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -225,6 +268,7 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
             Ok(())
         }
         EvalCmd::Paraphrase(a) => paraphrase(a),
+        EvalCmd::Pairs(a) => pairs(a),
     }
 }
 

@@ -65,6 +65,13 @@ pub struct GenerateArgs {
     /// Prompts run together per batch with --prompts.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Sample N responses and return the one the reward model scores highest (needs
+    /// --reward-model and a --temperature above 0).
+    #[arg(long, requires = "reward_model")]
+    best_of: Option<usize>,
+    /// A reward model directory (`instill train` with `objective: reward`).
+    #[arg(long)]
+    reward_model: Option<std::path::PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -86,6 +93,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let (model, tok) = a.model.load()?;
     let opts = a.sampling.options();
     let template = a.sampling.template.as_deref();
+    if let Some(n) = a.best_of {
+        return best_of(&model, &tok, &a, n, &opts);
+    }
     if let Some(path) = &a.prompts {
         return run_file(&model, &tok, path, &a, &opts);
     }
@@ -101,6 +111,45 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     })?;
     println!();
     eprintln!("[{} prompt tokens, {} generated, finish: {:?}]", gens[0].prompt_tokens, gens[0].tokens.len(), gens[0].finish);
+    Ok(())
+}
+
+/// Prompts of `--chat` or `--prompts` as message lists.
+fn prompt_messages(a: &GenerateArgs) -> Result<Vec<Vec<instill::data::Message>>> {
+    let to_msgs = |v: &[serde_json::Value]| -> Vec<instill::data::Message> { v.iter().filter_map(|m| serde_json::from_value(m.clone()).ok()).collect() };
+    match (&a.chat, &a.prompts) {
+        (Some(c), None) => Ok(vec![to_msgs(&messages(&a.system, c))]),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            let mut out = vec![];
+            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: invalid JSON", path.display(), n + 1))?;
+                match (v.get("prompt").and_then(|p| p.as_str()), v.get("messages").and_then(|m| m.as_array())) {
+                    (Some(p), _) => out.push(to_msgs(&messages(&a.system, p))),
+                    (None, Some(m)) => out.push(to_msgs(m)),
+                    _ => bail!("{}:{}: expected a \"prompt\" string or a \"messages\" list", path.display(), n + 1),
+                }
+            }
+            Ok(out)
+        }
+        _ => bail!("--best-of takes --chat MESSAGE or --prompts FILE (responses are scored as chat turns)"),
+    }
+}
+
+fn best_of(model: &instill::CausalLm, tok: &Tokenizer, a: &GenerateArgs, n: usize, opts: &GenerateOptions) -> Result<()> {
+    let rm = instill::model::reward::RewardModel::load(a.reward_model.as_ref().expect("clap requires it"))?;
+    let prompts = prompt_messages(a)?;
+    let ranked = instill::decode::best_of::sample_and_score(model, tok, a.sampling.template.as_deref(), &rm, &prompts, n, opts, a.batch_size.max(n))?;
+    let mut stdout = std::io::stdout().lock();
+    for s in &ranked {
+        let rewards: Vec<f32> = s.iter().map(|x| x.reward).collect();
+        if a.chat.is_some() {
+            writeln!(stdout, "{}", s[0].generation.text)?;
+            eprintln!("[best of {n}: reward {:.3}; all rewards {:?}]", s[0].reward, rewards);
+        } else {
+            writeln!(stdout, "{}", serde_json::json!({"text": s[0].generation.text, "reward": s[0].reward, "rewards": rewards, "finish": s[0].generation.finish}))?;
+        }
+    }
     Ok(())
 }
 

@@ -10,7 +10,9 @@ mod export;
 mod fetch;
 mod generate;
 mod inspect;
-mod sft;
+mod pairs;
+mod reward;
+mod train;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -40,13 +42,20 @@ enum Cmd {
     /// Instruction data: check, convert, render.
     #[command(subcommand)]
     Data(data::DataCmd),
-    /// Supervised fine-tuning (LoRA / QLoRA) from a recipe; resumable.
-    Sft(sft::SftArgs),
+    /// Train from a recipe: SFT, DPO/IPO/SimPO/CPO/ORPO/KTO or a reward model; resumable.
+    Train(train::TrainArgs),
+    /// Supervised fine-tuning from a recipe (`instill train` with `objective: sft`).
+    Sft(train::TrainArgs),
     /// Write a model as a Hugging Face directory (config.json, safetensors, tokenizer).
     Export(export::ExportArgs),
     /// Evaluate a model (with an adapter) on SuperNI, GSM8K or any JSONL; compare reports.
     #[command(subcommand)]
     Eval(eval::EvalCmd),
+    /// Reward models: score preference pairs (accuracy, margins, histogram).
+    #[command(subcommand)]
+    Reward(reward::RewardCmd),
+    /// Sample n responses per prompt, rank them with a reward model, write best/worst pairs.
+    Pairs(pairs::PairsArgs),
     /// Score existing predictions with one metric.
     Score(eval::ScoreArgs),
     /// Measure speed against the peers (llama.cpp, PyTorch) in the same run.
@@ -100,10 +109,13 @@ pub fn run() -> Result<()> {
         Cmd::Generate(a) => generate::run(a),
         Cmd::Chat(a) => chat::run(a),
         Cmd::Export(a) => export::run(a),
-        Cmd::Sft(a) => sft::run(a),
+        Cmd::Train(a) => train::run(a, false),
+        Cmd::Sft(a) => train::run(a, true),
         Cmd::Data(d) => data::run(d),
         Cmd::Bench(b) => bench::run(b),
         Cmd::Eval(e) => eval::run(e),
         Cmd::Score(a) => eval::score(a),
+        Cmd::Reward(c) => reward::run(c),
+        Cmd::Pairs(a) => pairs::run(a),
     }
 }

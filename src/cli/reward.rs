@@ -35,6 +35,14 @@ pub fn run(c: RewardCmd) -> Result<()> {
     let scores = reward_pairs(&rm, &a.data, &ReadOptions::default(), a.batch_size)?;
     let s = summarize(&scores, &a.model.display().to_string());
     write_report(&a.out, &scores, &s)?;
-    println!("{} pairs: accuracy {:.1}%, mean margin {:.3} (median {:.3}); per pair in {}/pairs.jsonl, histogram in {}/margins.png", s.pairs, 100.0 * s.accuracy, s.mean_margin, s.median_margin, a.out.display(), a.out.display());
+    println!(
+        "{} pairs: accuracy {:.1}%, mean margin {:.3} (median {:.3}); per pair in {}/pairs.jsonl, histogram in {}/margins.png",
+        s.pairs,
+        100.0 * s.accuracy,
+        s.mean_margin,
+        s.median_margin,
+        a.out.display(),
+        a.out.display()
+    );
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! Tokenized datasets cached on disk, keyed by (file contents, tokenizer, template, loss
 //! policy, read options), so a second run over the same data skips reading and rendering.
-//! Format: "INSTILLR2", sequence count (u64), then per sequence its side (one byte: 0 a
-//! conversation, 1 chosen, 2 rejected), length (u32), the ids (u32 each) and the mask (one
-//! byte each), little-endian. Written to a temp file + rename.
+//! Format: "INSTILLR3", sequence count (u64), then per sequence its side (one byte: 0 a
+//! conversation, 1 chosen, 2 rejected, 3 desirable, 4 undesirable), its record's line or
+//! number in the file (u32), its scores (a count byte, then f32 each), length (u32), the
+//! ids (u32 each) and the mask (one byte each), little-endian. Written to a temp file +
+//! rename.
 use super::read::{stream, ReadOptions};
 use super::render::LossOn;
 use super::stats::render_all;
@@ -12,12 +14,16 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 9] = b"INSTILLR2";
+const MAGIC: &[u8; 9] = b"INSTILLR3";
 
 /// Token ids and loss mask of one rendered conversation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tokenized {
     pub side: Side,
+    /// The record's line (JSONL) or number (JSON array, Parquet) in its file, 1-based.
+    pub record: u32,
+    /// Attribute scores of a scored response (reward regression), in the record's order.
+    pub scores: Vec<f32>,
     pub ids: Vec<u32>,
     pub mask: Vec<bool>,
 }
@@ -28,6 +34,33 @@ pub enum Side {
     Conversation = 0,
     Chosen = 1,
     Rejected = 2,
+    /// A single response labelled desirable (KTO).
+    Desirable = 3,
+    Undesirable = 4,
+}
+
+impl Side {
+    fn from_byte(b: u8) -> Option<Side> {
+        Some(match b {
+            0 => Side::Conversation,
+            1 => Side::Chosen,
+            2 => Side::Rejected,
+            3 => Side::Desirable,
+            4 => Side::Undesirable,
+            _ => return None,
+        })
+    }
+
+    /// The side of conversation `i` of a record.
+    fn of(e: &super::Example, i: usize) -> Side {
+        match e {
+            super::Example::Preference(_) if i == 0 => Side::Chosen,
+            super::Example::Preference(_) => Side::Rejected,
+            super::Example::Labelled(_, true) => Side::Desirable,
+            super::Example::Labelled(_, false) => Side::Undesirable,
+            super::Example::Sft(_) | super::Example::Scored(..) => Side::Conversation,
+        }
+    }
 }
 
 fn key(file: &Path, tok: &Tokenizer, tmpl: &ChatTemplate, loss: LossOn, opts: &ReadOptions) -> Result<String> {
@@ -37,6 +70,7 @@ fn key(file: &Path, tok: &Tokenizer, tmpl: &ChatTemplate, loss: LossOn, opts: &R
     h.update([u8::from(tok.add_bos)]);
     // Rendering v2: BOS is prepended when the template does not write it.
     h.update(b"render-v2");
+    h.update(MAGIC);
     h.update(tmpl.source.as_bytes());
     h.update(format!("{loss:?}|{:?}|{:?}|{:?}|{}", opts.format, opts.columns, opts.superni, opts.skip_invalid).as_bytes());
     Ok(hex::encode(h.finalize()))
@@ -71,15 +105,15 @@ pub fn tokenized(file: &Path, tok: &Tokenizer, tmpl: &ChatTemplate, loss: LossOn
             None => {}
         }
         if chunk.len() == CHUNK || (done && !chunk.is_empty()) {
-            for sides in render_all(tok, tmpl, &chunk, loss)? {
-                let pair = sides.len() == 2;
+            for (rec, sides) in chunk.iter().zip(render_all(tok, tmpl, &chunk, loss)?) {
+                let scores: Vec<f32> = match &rec.example {
+                    super::Example::Scored(_, s) => s.iter().map(|(_, v)| *v as f32).collect(),
+                    super::Example::Preference(p) => p.margin.map(|m| vec![m as f32]).unwrap_or_default(),
+                    _ => vec![],
+                };
                 for (i, r) in sides.into_iter().enumerate() {
-                    let side = match (pair, i) {
-                        (false, _) => Side::Conversation,
-                        (true, 0) => Side::Chosen,
-                        (true, _) => Side::Rejected,
-                    };
-                    out.push(Tokenized { side, ids: r.ids, mask: r.mask });
+                    let side = Side::of(&rec.example, i);
+                    out.push(Tokenized { side, record: rec.origin.index as u32, scores: scores.clone(), ids: r.ids, mask: r.mask });
                 }
             }
             chunk.clear();
@@ -100,6 +134,11 @@ fn write(path: &Path, items: &[Tokenized]) -> Result<()> {
     f.write_all(&(items.len() as u64).to_le_bytes())?;
     for t in items {
         f.write_all(&[t.side as u8])?;
+        f.write_all(&t.record.to_le_bytes())?;
+        f.write_all(&[t.scores.len() as u8])?;
+        for s in &t.scores {
+            f.write_all(&s.to_le_bytes())?;
+        }
         f.write_all(&(t.ids.len() as u32).to_le_bytes())?;
         for id in &t.ids {
             f.write_all(&id.to_le_bytes())?;
@@ -124,20 +163,19 @@ fn read(path: &Path) -> Result<Vec<Tokenized>> {
     let mut at = 17;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let side = match bytes.get(at) {
-            Some(0) => Side::Conversation,
-            Some(1) => Side::Chosen,
-            Some(2) => Side::Rejected,
-            _ => return Err(bad()),
-        };
-        at += 1;
+        let side = bytes.get(at).and_then(|&b| Side::from_byte(b)).ok_or_else(bad)?;
+        let record = u32_at(at + 1).ok_or_else(bad)?;
+        let n_scores = *bytes.get(at + 5).ok_or_else(bad)? as usize;
+        at += 6;
+        let scores = (0..n_scores).map(|i| u32_at(at + 4 * i).map(f32::from_bits)).collect::<Option<Vec<f32>>>().ok_or_else(bad)?;
+        at += 4 * n_scores;
         let len = u32_at(at).ok_or_else(bad)? as usize;
         at += 4;
         let ids = (0..len).map(|i| u32_at(at + 4 * i)).collect::<Option<Vec<u32>>>().ok_or_else(bad)?;
         at += 4 * len;
         let mask = bytes.get(at..at + len).ok_or_else(bad)?.iter().map(|&b| b != 0).collect();
         at += len;
-        out.push(Tokenized { side, ids, mask });
+        out.push(Tokenized { side, record, scores, ids, mask });
     }
     if at != bytes.len() {
         return Err(bad());

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 /// The text a record is compared by: every turn's content, in order.
 pub fn record_text(e: &Example) -> String {
     let msgs: Vec<&super::Message> = match e {
-        Example::Sft(c) | Example::Labelled(c, _) => c.messages.iter().collect(),
+        Example::Sft(c) | Example::Labelled(c, _) | Example::Scored(c, _) => c.messages.iter().collect(),
         Example::Preference(p) => p.prompt.iter().chain(&p.chosen).collect(),
     };
     msgs.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")

@@ -93,6 +93,9 @@ pub struct PreferencePair {
     pub prompt: Vec<Message>,
     pub chosen: Vec<Message>,
     pub rejected: Vec<Message>,
+    /// How much better chosen is (a record's numeric `margin`): the reward model's
+    /// Bradley-Terry loss asks for at least this difference.
+    pub margin: Option<f64>,
 }
 
 /// A record after reading: what it is, and where it came from.
@@ -102,6 +105,8 @@ pub enum Example {
     Preference(PreferencePair),
     /// A single response labelled desirable or not (KTO).
     Labelled(Conversation, bool),
+    /// A response with numeric attribute scores (HelpSteer2-style reward regression).
+    Scored(Conversation, Vec<(String, f64)>),
 }
 
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 /// chosen and prompt + rejected.
 pub fn conversations(e: &Example) -> Vec<Conversation> {
     match e {
-        Example::Sft(c) | Example::Labelled(c, _) => vec![c.clone()],
+        Example::Sft(c) | Example::Labelled(c, _) | Example::Scored(c, _) => vec![c.clone()],
         Example::Preference(p) => [&p.chosen, &p.rejected].into_iter().map(|side| Conversation { messages: p.prompt.iter().chain(side.iter()).cloned().collect(), tools: None }).collect(),
     }
 }

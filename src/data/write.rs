@@ -83,6 +83,10 @@ pub fn to_json(e: &Example, layout: Layout) -> Option<Value> {
             "rejected": sharegpt_json(&p.rejected)[0].clone(),
         }),
         (Example::Labelled(c, label), Layout::Messages) => json!({"messages": messages_json(&c.messages), "label": label}),
+        (Example::Scored(c, scores), Layout::Messages) => {
+            let s: serde_json::Map<String, Value> = scores.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            json!({"messages": messages_json(&c.messages), "scores": s})
+        }
         _ => return None,
     })
 }

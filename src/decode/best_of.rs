@@ -20,7 +20,16 @@ pub struct Sample {
 /// Prompts are batched about `batch` samples at a time (all `n` of a prompt together);
 /// each sample draws from its own seeded stream, so a run is reproducible for the same
 /// seed and batch size.
-pub fn sample_and_score(model: &CausalLm, tok: &Tokenizer, template: Option<&str>, rm: &RewardModel, prompts: &[Vec<Message>], n: usize, opts: &GenerateOptions, batch: usize) -> Result<Vec<Vec<Sample>>> {
+pub fn sample_and_score(
+    model: &CausalLm,
+    tok: &Tokenizer,
+    template: Option<&str>,
+    rm: &RewardModel,
+    prompts: &[Vec<Message>],
+    n: usize,
+    opts: &GenerateOptions,
+    batch: usize,
+) -> Result<Vec<Vec<Sample>>> {
     if n < 2 {
         return Err(Error::Input("best-of-n needs n of at least 2".into()));
     }

@@ -1,4 +1,5 @@
 //! Decoding: sampling rules and (batched, streaming) generation with a KV cache.
+pub mod best_of;
 pub mod generate;
 pub mod sampler;
 

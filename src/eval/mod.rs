@@ -6,6 +6,7 @@
 //! as batches finish, so an interrupted run resumes), `scores.json` and `report.md`.
 pub mod compare;
 pub mod metrics;
+pub mod pairs;
 pub mod report;
 pub mod robustness;
 pub mod runner;

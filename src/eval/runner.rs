@@ -110,13 +110,8 @@ pub fn read_scored(path: &Path) -> Result<Vec<Scored>> {
     Ok(out)
 }
 
-fn progress(total: usize, done: usize, show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} examples  {per_sec}  ETA {eta}").expect("valid template"));
-    bar.set_position(done as u64);
-    bar.reset_eta();
+fn progress(total: usize, done: usize, show: bool) -> crate::progress::Progress {
+    let bar = crate::progress::Progress::new("eval", "example", total as u64, "{bar:30} {pos}/{len} examples  {per_sec}  ETA {eta}", show);
+    bar.start_at(done as u64);
     bar
 }

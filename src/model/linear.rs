@@ -27,6 +27,10 @@ pub trait Delta: std::fmt::Debug + Send + Sync {
     fn delta(&self, x: &Tensor) -> Result<Tensor>;
     /// Its trainable tensors (gradient checkpointing differentiates them block by block).
     fn params(&self) -> Vec<Tensor>;
+    /// Switched on? A disabled delta adds nothing (the base model, e.g. as a reference).
+    fn enabled(&self) -> bool {
+        true
+    }
 }
 
 /// Quantized products on the CPU run on our rayon pool: Q4_1, Q5_0 and Q8_0 through our
@@ -86,8 +90,8 @@ impl Linear {
         let trainable = matches!(&self.weight, LinearWeight::Dense(w) if w.track_op());
         let y = if trainable { self.forward_plain(x)? } else { super::ops::frozen_linear(self, x)? };
         match &self.adapter {
-            Some(a) => Ok((y + a.delta(x)?)?),
-            None => Ok(y),
+            Some(a) if a.enabled() => Ok((y + a.delta(x)?)?),
+            _ => Ok(y),
         }
     }
 

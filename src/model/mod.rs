@@ -9,6 +9,7 @@ pub mod kernels;
 pub mod linear;
 pub mod ops;
 pub mod recompute;
+pub mod reward;
 pub mod rope;
 mod trainable;
 pub mod weights;

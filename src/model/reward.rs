@@ -108,11 +108,13 @@ impl RewardModel {
         let lm = CausalLm::load(&source, &Default::default())?;
         let tok = Tokenizer::load(&source)?;
         let template = tok.template(None)?;
-        let head = super::weights::load_hf_tensor(dir, "score.weight", &lm.device)?
-            .ok_or_else(|| Error::file(dir, "no score.weight: not a sequence-classification (reward) model"))?;
+        let head = super::weights::load_hf_tensor(dir, "score.weight", &lm.device)?.ok_or_else(|| Error::file(dir, "no score.weight: not a sequence-classification (reward) model"))?;
         let n = head.dim(0)?;
         let meta: Option<serde_json::Value> = std::fs::read(dir.join(META_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        let attributes = meta.and_then(|m| m["attributes"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect::<Vec<_>>())).filter(|a| a.len() == n).unwrap_or_else(|| if n == 1 { vec!["reward".into()] } else { (0..n).map(|i| format!("LABEL_{i}")).collect() });
+        let attributes = meta
+            .and_then(|m| m["attributes"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect::<Vec<_>>()))
+            .filter(|a| a.len() == n)
+            .unwrap_or_else(|| if n == 1 { vec!["reward".into()] } else { (0..n).map(|i| format!("LABEL_{i}")).collect() });
         Ok(RewardModel { lm, head, attributes, tok, template })
     }
 

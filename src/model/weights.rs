@@ -87,6 +87,33 @@ fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// model.safetensors, or shards of at most `shard_bytes` with an index.
 /// Files are written into a temp directory that is renamed into place.
 pub fn save_hf_dir(dir: &Path, arch: &dyn Architecture, cfg: &ModelConfig, tensors: Vec<(String, Tensor)>, dtype: DType, shard_bytes: usize, extra_files: &[(&str, Vec<u8>)]) -> Result<()> {
+    save_hf_dir_with(dir, arch, cfg, tensors, vec![], &|_| {}, dtype, shard_bytes, extra_files)
+}
+
+/// A tensor of a HF directory by its own (HF) name, if it has one.
+pub fn load_hf_tensor(dir: &Path, name: &str, dev: &Device) -> Result<Option<Tensor>> {
+    let files = safetensor_files(dir)?;
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| Error::file(dir, format!("reading safetensors: {}", crate::error::first_line(&e))))?;
+    match st.get(name) {
+        Ok(_) => Ok(Some(st.load(name, dev)?.to_dtype(DType::F32)?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// [`save_hf_dir`] with tensors that have HF names already (a reward model's
+/// `score.weight`) and a change to config.json.
+#[allow(clippy::too_many_arguments)]
+pub fn save_hf_dir_with(
+    dir: &Path,
+    arch: &dyn Architecture,
+    cfg: &ModelConfig,
+    tensors: Vec<(String, Tensor)>,
+    hf_named: Vec<(String, Tensor)>,
+    patch_config: &dyn Fn(&mut serde_json::Value),
+    dtype: DType,
+    shard_bytes: usize,
+    extra_files: &[(&str, Vec<u8>)],
+) -> Result<()> {
     let tmp = dir.with_extension("partial");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
@@ -99,6 +126,9 @@ pub fn save_hf_dir(dir: &Path, arch: &dyn Architecture, cfg: &ModelConfig, tenso
         }
         let name = arch::gguf_to_hf(arch, &g).ok_or_else(|| Error::Unsupported(format!("no Hugging Face name for tensor {g:?}")))?;
         hf.push((name, arch.convert(&g, t, cfg, true)?.to_dtype(dtype)?));
+    }
+    for (name, t) in hf_named {
+        hf.push((name, t.to_dtype(dtype)?));
     }
     hf.sort_by(|a, b| a.0.cmp(&b.0));
     let shards = split_shards(hf, shard_bytes);
@@ -122,6 +152,7 @@ pub fn save_hf_dir(dir: &Path, arch: &dyn Architecture, cfg: &ModelConfig, tenso
         _ => "float32",
     }
     .into();
+    patch_config(&mut config);
     std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&config).expect("json"))?;
     for (name, bytes) in extra_files {
         std::fs::write(tmp.join(name), bytes)?;

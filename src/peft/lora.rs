@@ -77,12 +77,17 @@ pub struct LoraLayer {
     scale: f64,
     dropout: f32,
     training: Arc<AtomicBool>,
+    enabled: Arc<AtomicBool>,
     rng: Mutex<StdRng>,
 }
 
 impl Delta for LoraLayer {
     fn params(&self) -> Vec<Tensor> {
         vec![self.a.as_tensor().clone(), self.b.as_tensor().clone()]
+    }
+
+    fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
     }
 
     fn delta(&self, x: &Tensor) -> Result<Tensor> {
@@ -118,6 +123,7 @@ pub struct Lora {
     /// (module path, layer) in model order.
     pub layers: Vec<(String, Arc<LoraLayer>)>,
     training: Arc<AtomicBool>,
+    enabled: Arc<AtomicBool>,
 }
 
 const CONFIG_FILE: &str = "adapter_config.json";
@@ -173,6 +179,7 @@ impl Lora {
             return Err(Error::Input(format!("lora.dropout {}: expected a probability in [0, 1)", config.dropout)));
         }
         let training = Arc::new(AtomicBool::new(false));
+        let enabled = Arc::new(AtomicBool::new(true));
         let dev = model.device.clone();
         let (arch, model_config) = (model.arch, model.config.clone());
         let mut layers = vec![];
@@ -191,6 +198,7 @@ impl Lora {
                 scale: config.scale(),
                 dropout: config.dropout as f32,
                 training: training.clone(),
+                enabled: enabled.clone(),
                 rng: Mutex::new(StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))),
             });
             p.linear.adapter = Some(layer.clone());
@@ -199,7 +207,7 @@ impl Lora {
         if layers.is_empty() {
             return Err(Error::Input(format!("lora.target_modules {:?} match no projection (names: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)", config.target_modules)));
         }
-        Ok(Lora { config: config.clone(), layers, training })
+        Ok(Lora { config: config.clone(), layers, training, enabled })
     }
 
     /// Fold the adapter into the base weights (`W += scale * B A`) and detach it.
@@ -242,6 +250,11 @@ impl Adapter for Lora {
 
     fn set_training(&self, on: bool) {
         self.training.store(on, Ordering::Relaxed);
+    }
+
+    fn set_enabled(&self, on: bool) -> Result<()> {
+        self.enabled.store(on, Ordering::Relaxed);
+        Ok(())
     }
 
     fn begin_step(&self, seed: u64, step: u64) {

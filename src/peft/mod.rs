@@ -1,5 +1,6 @@
 //! Parameter-efficient and partial tuning methods, one file each, behind [`Adapter`].
 pub mod full;
+pub mod head;
 pub mod lora;
 pub mod prompt;
 
@@ -21,6 +22,10 @@ pub trait Adapter {
     /// Write the adapter to `dir` (created; files replaced atomically), in the layout
     /// Hugging Face tools read.
     fn save(&self, model: &crate::CausalLm, dir: &Path) -> Result<()>;
+    /// Switch the adapter off (the model computes as its base) or back on.
+    fn set_enabled(&self, _on: bool) -> Result<()> {
+        Err(crate::Error::Input(format!("{}: this method cannot be switched off; `reference: base` needs a LoRA adapter", self.method())))
+    }
     /// Full and partial tuning (for Half Fine-Tuning's stages).
     fn as_full(&self) -> Option<&full::Full> {
         None

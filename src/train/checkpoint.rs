@@ -1,7 +1,9 @@
 //! Checkpoints: `checkpoints/step-000050/` holds the adapter (PEFT layout), the optimiser
-//! moments, and `state.json` (step, optimiser step count, losses so far). A checkpoint is
-//! written into a hidden temp directory and renamed into place, so a run killed at any
-//! moment leaves only complete checkpoints; the oldest beyond `keep` are removed.
+//! moments, and `state.json` (step, optimiser step count, the sha256 of every other file).
+//! A checkpoint is written into a hidden temp directory and renamed into place, so a run
+//! killed at any moment leaves only complete checkpoints; the oldest beyond `keep` are
+//! removed. A checkpoint whose files no longer match their sha256 (truncated or
+//! corrupted on disk) is reported and passed over for the newest one that does.
 use super::optim::{AdamW, Moments};
 use crate::peft::Adapter;
 use crate::{CausalLm, Error, Result};
@@ -14,6 +16,54 @@ pub struct State {
     /// Optimiser steps completed.
     pub step: usize,
     pub adam_t: u64,
+    /// sha256 of every file of the checkpoint (relative path -> hex).
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+/// Every file under `dir`, relative paths, sorted.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.push(rel.to_string_lossy().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Does every file of checkpoint `dir` still have the sha256 it was written with?
+pub fn verify(dir: &Path) -> Result<State> {
+    let sp = dir.join("state.json");
+    let text = std::fs::read_to_string(&sp).map_err(|e| Error::file(&sp, e.to_string()))?;
+    let state: State = serde_json::from_str(&text).map_err(|e| Error::file(&sp, format!("unreadable ({e})")))?;
+    for (name, want) in &state.files {
+        let p = dir.join(name);
+        let got = crate::hub::sha256_file(&p).map_err(|_| Error::file(&p, "missing"))?;
+        if &got != want {
+            return Err(Error::file(&p, "sha256 does not match the one recorded when the checkpoint was written (truncated or corrupted)"));
+        }
+    }
+    Ok(state)
+}
+
+/// The newest checkpoint that verifies, and a line for each newer one that did not.
+pub fn newest_good(out: &Path) -> (Option<(usize, PathBuf)>, Vec<String>) {
+    let mut skipped = vec![];
+    for (step, dir) in list(out).into_iter().rev() {
+        match verify(&dir) {
+            Ok(_) => return (Some((step, dir)), skipped),
+            Err(e) => skipped.push(format!("checkpoint step {step} is unusable: {e}")),
+        }
+    }
+    (None, skipped)
 }
 
 pub fn dir_of(out: &Path, step: usize) -> PathBuf {
@@ -35,7 +85,11 @@ pub fn save(out: &Path, step: usize, model: &CausalLm, adapter: &dyn Adapter, op
         moments.push((format!("{name}.exp_avg_sq"), Tensor::from_slice(&st.v, p.shape(), &candle_core::Device::Cpu)?));
     }
     crate::peft::save_tensors(&tmp.join("optimizer.safetensors"), &moments)?;
-    let state = State { step, adam_t: opt.t };
+    let mut files = std::collections::BTreeMap::new();
+    for name in files_under(&tmp) {
+        files.insert(name.clone(), crate::hub::sha256_file(&tmp.join(&name))?);
+    }
+    let state = State { step, adam_t: opt.t, files };
     crate::peft::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("json").as_bytes())?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| Error::file(&final_dir, e.to_string()))?;
@@ -71,9 +125,7 @@ fn prune(out: &Path, keep: usize) -> Result<()> {
 
 /// Restore the optimiser from checkpoint `dir` (the adapter is loaded separately).
 pub fn load_optimizer(dir: &Path, adapter: &dyn Adapter, opt: &mut AdamW) -> Result<State> {
-    let sp = dir.join("state.json");
-    let text = std::fs::read_to_string(&sp).map_err(|e| Error::file(&sp, e.to_string()))?;
-    let state: State = serde_json::from_str(&text).map_err(|e| Error::file(&sp, e.to_string()))?;
+    let state = verify(dir)?;
     let op = dir.join("optimizer.safetensors");
     let t = candle_core::safetensors::load(&op, &candle_core::Device::Cpu).map_err(|e| Error::file(&op, e.to_string()))?;
     let get = |k: String| -> Result<Vec<f32>> {

@@ -2,6 +2,7 @@
 //! validation set, and laid out as a deterministic stream of micro-batches: epoch `e`
 //! shuffles with `seed + e`, then packs (or pads) rows in that order. Step `k` always
 //! takes the same micro-batches, so a resumed run needs only the step number.
+use super::objective::Data;
 use super::recipe::{DataSource, Recipe};
 use crate::data::cache::{default_dir, tokenized, Side, Tokenized};
 use crate::data::pack::{rows_from, Rows};
@@ -11,7 +12,7 @@ use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::{Error, Result};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-/// What loading did to the examples.
+/// What loading did to the examples (units: pairs count once).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Counts {
     pub examples: usize,
@@ -20,45 +21,152 @@ pub struct Counts {
     pub no_target: usize,
 }
 
-/// Load, fit and split the recipe's data: (training, validation, counts).
-pub fn load(recipe: &Recipe, tok: &Tokenizer, tmpl: &ChatTemplate) -> Result<(Vec<Tokenized>, Vec<Tokenized>, Counts)> {
+/// What an objective takes at a time: one conversation, a (chosen, rejected) pair, or a
+/// labelled response with its mismatched KL sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    pub seqs: Vec<usize>,
+    /// KTO: the sequence pairing this unit's prompt with another unit's completion.
+    pub kl: Option<usize>,
+}
+
+/// A data set: token sequences, the units they form, and where each unit came from.
+#[derive(Debug, Clone, Default)]
+pub struct Set {
+    pub seqs: Vec<Tokenized>,
+    pub units: Vec<Unit>,
+    /// The unit each sequence belongs to (`usize::MAX` for KL sequences).
+    pub unit_of: Vec<usize>,
+    /// The data file (index into `files`) of each unit.
+    pub file_of: Vec<usize>,
+    pub files: Vec<std::path::PathBuf>,
+}
+
+impl Set {
+    fn push(&mut self, seqs: Vec<Tokenized>, file: usize) {
+        let u = self.units.len();
+        let ids: Vec<usize> = (self.seqs.len()..self.seqs.len() + seqs.len()).collect();
+        self.unit_of.extend(std::iter::repeat_n(u, seqs.len()));
+        self.seqs.extend(seqs);
+        self.units.push(Unit { seqs: ids, kl: None });
+        self.file_of.push(file);
+    }
+
+    /// The units whose sequences `rows` holds, in order of appearance (KL sequences aside).
+    pub fn units_in(&self, rows: &Rows) -> Vec<usize> {
+        let mut out: Vec<usize> = vec![];
+        for &g in rows.examples.iter().flatten() {
+            let u = self.unit_of[g];
+            if u != usize::MAX && !out.contains(&u) {
+                out.push(u);
+            }
+        }
+        out
+    }
+
+    /// `file:line` of each unit in `units` (for errors that must name records).
+    pub fn origins(&self, units: &[usize]) -> Vec<String> {
+        units.iter().map(|&u| format!("{}:{}", self.files[self.file_of[u]].display(), self.seqs[self.units[u].seqs[0]].record)).collect()
+    }
+
+    /// Keep the units `keep` says (sequences renumbered).
+    fn split(self, keep: impl Fn(usize) -> bool) -> (Set, Set) {
+        let (mut a, mut b) = (Set { files: self.files.clone(), ..Default::default() }, Set { files: self.files.clone(), ..Default::default() });
+        for (u, unit) in self.units.iter().enumerate() {
+            let seqs = unit.seqs.iter().map(|&i| self.seqs[i].clone()).collect();
+            if keep(u) {
+                a.push(seqs, self.file_of[u])
+            } else {
+                b.push(seqs, self.file_of[u])
+            }
+        }
+        (a, b)
+    }
+
+    /// KTO's mismatched sequences: within each run of `batch` consecutive units, unit `i`'s
+    /// prompt with unit `i - 1`'s completion (the first takes the last's), cut to `max_len`.
+    pub fn add_kl(&mut self, batch: usize, max_len: usize) {
+        let n = self.units.len();
+        for start in (0..n).step_by(batch.max(1)) {
+            let end = (start + batch).min(n);
+            for u in start..end {
+                let partner = if u == start { end - 1 } else { u - 1 };
+                let (p, c) = (&self.seqs[self.units[u].seqs[0]], &self.seqs[self.units[partner].seqs[0]]);
+                let cut = |t: &Tokenized| t.mask.iter().position(|&m| m).unwrap_or(t.ids.len());
+                let (pc, cc) = (cut(p), cut(c));
+                let mut ids: Vec<u32> = p.ids[..pc].iter().chain(&c.ids[cc..]).copied().collect();
+                let mut mask: Vec<bool> = std::iter::repeat_n(false, pc).chain(c.mask[cc..].iter().copied()).collect();
+                ids.truncate(max_len);
+                mask.truncate(max_len);
+                let kl = Tokenized { side: Side::Conversation, record: p.record, scores: vec![], ids, mask };
+                self.units[u].kl = Some(self.seqs.len());
+                self.seqs.push(kl);
+                self.unit_of.push(usize::MAX);
+            }
+        }
+    }
+}
+
+/// Load, fit and split the recipe's data for an objective that trains on `kind`:
+/// (training, validation, counts).
+pub fn load(recipe: &Recipe, tok: &Tokenizer, tmpl: &ChatTemplate, kind: Data) -> Result<(Set, Set, Counts)> {
     let mut counts = Counts::default();
-    let mut train = read_all(&recipe.data, recipe, tok, tmpl, &mut counts)?;
-    let mut val = read_all(&recipe.val_data, recipe, tok, tmpl, &mut Counts::default())?;
-    if train.is_empty() {
+    let mut train = read_all(&recipe.data, recipe, tok, tmpl, kind, &mut counts)?;
+    let mut val = read_all(&recipe.val_data, recipe, tok, tmpl, kind, &mut Counts::default())?;
+    if train.units.is_empty() {
         return Err(Error::Input(format!(
             "no training examples left of {} (dropped {} longer than max_len {}, {} without trained tokens)",
             counts.examples, counts.dropped, recipe.max_len, counts.no_target
         )));
     }
-    if val.is_empty() && recipe.val_fraction > 0.0 {
-        let mut order: Vec<usize> = (0..train.len()).collect();
+    if val.units.is_empty() && recipe.val_fraction > 0.0 {
+        let n = train.units.len();
+        let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut StdRng::seed_from_u64(recipe.seed ^ 0x0005_EED0_F5A1));
-        let n_val = ((train.len() as f64) * recipe.val_fraction).round().max(1.0) as usize;
+        let n_val = ((n as f64) * recipe.val_fraction).round().max(1.0) as usize;
         let is_val: std::collections::HashSet<usize> = order[..n_val].iter().copied().collect();
-        let (v, t): (Vec<_>, Vec<_>) = train.into_iter().enumerate().partition(|(i, _)| is_val.contains(i));
-        val = v.into_iter().map(|x| x.1).collect();
-        train = t.into_iter().map(|x| x.1).collect();
+        (val, train) = train.split(|u| is_val.contains(&u));
+    }
+    if kind == Data::Labelled {
+        train.add_kl(recipe.batch_size, recipe.max_len);
+        val.add_kl(recipe.batch_size, recipe.max_len);
     }
     Ok((train, val, counts))
 }
 
-fn read_all(sources: &[DataSource], recipe: &Recipe, tok: &Tokenizer, tmpl: &ChatTemplate, counts: &mut Counts) -> Result<Vec<Tokenized>> {
-    let mut out = vec![];
+/// Does a sequence of this side belong to an objective that trains on `kind`?
+fn fits_kind(side: Side, scored: bool, kind: Data) -> bool {
+    match kind {
+        Data::Conversations => side == Side::Conversation,
+        Data::Pairs => matches!(side, Side::Chosen | Side::Rejected),
+        Data::Labelled => matches!(side, Side::Desirable | Side::Undesirable),
+        Data::Scored => side == Side::Conversation && scored,
+    }
+}
+
+fn read_all(sources: &[DataSource], recipe: &Recipe, tok: &Tokenizer, tmpl: &ChatTemplate, kind: Data, counts: &mut Counts) -> Result<Set> {
+    let mut out = Set { files: sources.iter().map(|s| s.path.clone()).collect(), ..Default::default() };
     for (i, s) in sources.iter().enumerate() {
         let opts = ReadOptions { format: s.format.clone(), skip_invalid: s.skip_invalid, ..Default::default() };
         let file = materialize(&s.path, &recipe.output_dir(), i)?;
         let (seqs, _) = tokenized(&file, tok, tmpl, recipe.loss_on, &opts, &default_dir())?;
-        if seqs.iter().any(|t| t.side != Side::Conversation) {
-            return Err(Error::file(&s.path, "holds preference pairs; supervised fine-tuning trains on conversations (preference methods come with DPO/ORPO)"));
+        if let Some(bad) = seqs.iter().find(|t| !fits_kind(t.side, !t.scores.is_empty(), kind)) {
+            return Err(Error::file(&s.path, format!("line/record {}: objective `{}` trains on {}, but this file holds {}", bad.record, recipe.objective, kind.describe(), side_name(bad))));
         }
-        for t in seqs {
+        let width = if kind == Data::Pairs { 2 } else { 1 };
+        if let Some(t) = seqs.iter().find(|t| t.scores.len() != seqs[0].scores.len() && kind == Data::Scored) {
+            return Err(Error::file(&s.path, format!("line/record {}: {} scores where the first record has {}", t.record, t.scores.len(), seqs[0].scores.len())));
+        }
+        let mut it = seqs.into_iter().peekable();
+        while it.peek().is_some() {
+            let unit: Vec<Tokenized> = it.by_ref().take(width).collect();
             counts.examples += 1;
-            let long = t.ids.len() > recipe.max_len;
-            match fit(t, recipe.max_len, recipe.truncation) {
-                Some(t) if t.mask.iter().skip(1).any(|&m| m) => {
+            let long = unit.iter().any(|t| t.ids.len() > recipe.max_len);
+            let fitted: Option<Vec<Tokenized>> = unit.into_iter().map(|t| fit(t, recipe.max_len, recipe.truncation)).collect();
+            match fitted {
+                Some(u) if u.iter().all(|t| t.mask.iter().skip(1).any(|&m| m)) => {
                     counts.truncated += usize::from(long);
-                    out.push(t);
+                    out.push(u, i);
                 }
                 Some(_) => counts.no_target += 1,
                 None => counts.dropped += 1,
@@ -66,6 +174,15 @@ fn read_all(sources: &[DataSource], recipe: &Recipe, tok: &Tokenizer, tmpl: &Cha
         }
     }
     Ok(out)
+}
+
+fn side_name(t: &Tokenized) -> &'static str {
+    match t.side {
+        Side::Conversation if !t.scores.is_empty() => "scored responses",
+        Side::Conversation => "conversations",
+        Side::Chosen | Side::Rejected => "preference pairs",
+        Side::Desirable | Side::Undesirable => "labelled (KTO) responses",
+    }
 }
 
 /// A mixture YAML is drawn (seeded, so the same every time) into `mixture-<i>.jsonl` in
@@ -91,22 +208,47 @@ fn fit(mut t: Tokenized, max_len: usize, policy: Truncation) -> Option<Tokenized
     fit_parts(&mut t.ids, &mut t.mask, max_len, policy).then_some(t)
 }
 
-/// The micro-batch stream: rows of example indices, `batch_size` rows per micro-batch.
+/// Group sequence ids into rows in order: packed up to `max_len` tokens a row, or one a row.
+pub fn pack_rows(ids: &[usize], len: impl Fn(usize) -> usize, max_len: usize, packing: bool) -> Vec<Vec<usize>> {
+    if !packing {
+        return ids.iter().map(|&i| vec![i]).collect();
+    }
+    let mut rows: Vec<Vec<usize>> = vec![];
+    let mut used = 0;
+    for &i in ids {
+        let n = len(i);
+        if rows.is_empty() || used + n > max_len {
+            rows.push(vec![]);
+            used = 0;
+        }
+        rows.last_mut().expect("a row").push(i);
+        used += n;
+    }
+    rows
+}
+
+/// The micro-batch stream: micro-batches of rows of sequence ids. Supervised fine-tuning
+/// takes `batch_size` rows per micro-batch (each packed with examples); unit objectives
+/// take `batch_size` units (pairs, labelled examples), their sequences packed into rows.
 pub struct Stream<'a> {
-    examples: &'a [Tokenized],
+    set: &'a Set,
     seed: u64,
     max_len: usize,
     packing: bool,
     batch_size: usize,
     pad: u32,
+    /// Batch by units rather than by rows.
+    by_units: bool,
+    /// Keep the data's order every epoch (KTO).
+    sequential: bool,
     epoch: usize,
     current: Vec<Vec<Vec<usize>>>,
     next: usize,
 }
 
 impl<'a> Stream<'a> {
-    pub fn new(examples: &'a [Tokenized], recipe: &Recipe, pad: u32) -> Self {
-        let mut s = Stream { examples, seed: recipe.seed, max_len: recipe.max_len, packing: recipe.packing, batch_size: recipe.batch_size, pad, epoch: 0, current: vec![], next: 0 };
+    pub fn new(set: &'a Set, recipe: &Recipe, pad: u32, by_units: bool, sequential: bool) -> Self {
+        let mut s = Stream { set, seed: recipe.seed, max_len: recipe.max_len, packing: recipe.packing, batch_size: recipe.batch_size, pad, by_units, sequential, epoch: 0, current: vec![], next: 0 };
         s.current = s.plan(0);
         s
     }
@@ -122,23 +264,16 @@ impl<'a> Stream<'a> {
 
     /// Epoch `e`'s micro-batches.
     fn plan(&self, e: usize) -> Vec<Vec<Vec<usize>>> {
-        let mut order: Vec<usize> = (0..self.examples.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(self.seed.wrapping_add(e as u64)));
-        let mut rows: Vec<Vec<usize>> = vec![];
-        if self.packing {
-            let mut used = 0;
-            for i in order {
-                let n = self.examples[i].ids.len();
-                if rows.is_empty() || used + n > self.max_len {
-                    rows.push(vec![]);
-                    used = 0;
-                }
-                rows.last_mut().expect("a row").push(i);
-                used += n;
-            }
-        } else {
-            rows = order.into_iter().map(|i| vec![i]).collect();
+        let mut order: Vec<usize> = (0..self.set.units.len()).collect();
+        if !self.sequential {
+            order.shuffle(&mut StdRng::seed_from_u64(self.seed.wrapping_add(e as u64)));
         }
+        let len = |i: usize| self.set.seqs[i].ids.len();
+        if self.by_units {
+            return order.chunks(self.batch_size).map(|c| pack_rows(&c.iter().flat_map(|&u| self.set.units[u].seqs.clone()).collect::<Vec<_>>(), len, self.max_len, self.packing)).collect();
+        }
+        let seqs: Vec<usize> = order.iter().map(|&u| self.set.units[u].seqs[0]).collect();
+        let rows = pack_rows(&seqs, len, self.max_len, self.packing);
         rows.chunks(self.batch_size).map(<[Vec<usize>]>::to_vec).collect()
     }
 
@@ -146,7 +281,7 @@ impl<'a> Stream<'a> {
     pub fn next_batch(&mut self) -> Rows {
         let at = self.advance();
         let groups = self.current[at].clone();
-        rows_from(groups, self.pad, |i| (&self.examples[i].ids, &self.examples[i].mask))
+        rows_from(groups, self.pad, |i| (&self.set.seqs[i].ids, &self.set.seqs[i].mask))
     }
 
     /// Skip `n` micro-batches (resuming).
@@ -169,9 +304,21 @@ impl<'a> Stream<'a> {
     }
 }
 
-/// Every example of `examples` in micro-batches (validation).
-pub fn all_batches(examples: &[Tokenized], batch_size: usize, pad: u32) -> Vec<Rows> {
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.sort_by_key(|&i| examples[i].ids.len());
-    order.chunks(batch_size).map(|c| rows_from(c.iter().map(|&i| vec![i]).collect(), pad, |i| (&examples[i].ids, &examples[i].mask))).collect()
+/// Every unit of `set` in micro-batches (validation): supervised examples one a row,
+/// sorted by length, `batch_size` rows a batch; units `batch_size` at a time, in order.
+pub fn all_batches(set: &Set, batch_size: usize, pad: u32, by_units: bool, layout: (usize, bool)) -> Vec<Rows> {
+    let seq = |i: usize| (&set.seqs[i].ids[..], &set.seqs[i].mask[..]);
+    if by_units {
+        let order: Vec<usize> = (0..set.units.len()).collect();
+        return order
+            .chunks(batch_size)
+            .map(|c| {
+                let ids: Vec<usize> = c.iter().flat_map(|&u| set.units[u].seqs.clone()).collect();
+                rows_from(pack_rows(&ids, |i| set.seqs[i].ids.len(), layout.0, layout.1), pad, seq)
+            })
+            .collect();
+    }
+    let mut order: Vec<usize> = set.units.iter().map(|u| u.seqs[0]).collect();
+    order.sort_by_key(|&i| set.seqs[i].ids.len());
+    order.chunks(batch_size).map(|c| rows_from(c.iter().map(|&i| vec![i]).collect(), pad, seq)).collect()
 }

@@ -54,7 +54,7 @@ pub fn sequence_logps(model: &CausalLm, rows: &Rows) -> Result<SeqLogps> {
     let idx = Tensor::from_vec(at, n, &model.device)?;
     let hs = h.reshape((b * t, d))?.index_select(&idx, 0)?;
     let nll = cross_entropy(&hs, &model.output_weight()?, &targets)?; // (N,)
-    // Sum per sequence: a (S, N) indicator times the per-token losses.
+                                                                      // Sum per sequence: a (S, N) indicator times the per-token losses.
     let mut ind = vec![0f32; s * n];
     for (j, &o) in owner.iter().enumerate() {
         ind[o * n + j] = 1.0;
@@ -63,4 +63,3 @@ pub fn sequence_logps(model: &CausalLm, rows: &Rows) -> Result<SeqLogps> {
     let logps = ind.matmul(&nll.unsqueeze(1)?)?.squeeze(1)?.neg()?;
     Ok(SeqLogps { ids, logps, lens })
 }
-

@@ -90,7 +90,8 @@ pub fn cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> 
         }
     }
     let gh = if gh.is_empty() { None } else { Some(Tensor::cat(&gh, 0)?) };
-    let op = CrossEntropy { losses, gh, gw };
+    let inputs = want_w.then(|| (hd.clone(), wd.clone(), targets.to_vec()));
+    let op = CrossEntropy { losses, gh, gw, inputs };
     Ok(h.apply_op2(w, op)?)
 }
 
@@ -101,6 +102,34 @@ struct CrossEntropy {
     losses: Vec<f32>,
     gh: Option<Tensor>,
     gw: Option<Tensor>,
+    /// (h, w, targets), kept when `w` is trained: rows weighted unequally (sequence-level
+    /// objectives such as DPO) need the softmax again for `w`'s gradient.
+    inputs: Option<(Tensor, Tensor, Vec<u32>)>,
+}
+
+/// `sum_i g_i (softmax_i - onehot_i)^T h_i`, the logits recomputed chunk by chunk.
+fn weighted_w_grad(h: &Tensor, w: &Tensor, targets: &[u32], g: &[f32]) -> candle_core::Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for (c, tg) in targets.chunks(CHUNK).enumerate() {
+        let hc = h.narrow(0, c * CHUNK, tg.len())?;
+        let logits = hc.matmul(&w.t()?)?;
+        let v = logits.dim(1)?;
+        let mut p = logits.flatten_all()?.to_vec1::<f32>()?;
+        let gc = &g[c * CHUNK..c * CHUNK + tg.len()];
+        p.par_chunks_mut(v).zip(tg.par_iter().zip(gc.par_iter())).for_each(|(row, (&t, &gi))| {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = m as f64 + row.iter().map(|&x| ((x - m) as f64).exp()).sum::<f64>().ln();
+            row.iter_mut().for_each(|x| *x = ((*x as f64 - lse).exp()) as f32);
+            row[t as usize] -= 1.0;
+            row.iter_mut().for_each(|x| *x *= gi);
+        });
+        let d = Tensor::from_vec(p, (tg.len(), v), h.device())?.t()?.matmul(&hc)?;
+        acc = Some(match acc {
+            Some(a) => (a + d)?,
+            None => d,
+        });
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("cross-entropy: no rows".into()))
 }
 
 impl CustomOp2 for CrossEntropy {
@@ -119,17 +148,18 @@ impl CustomOp2 for CrossEntropy {
             Some(gh) => Some(gh.broadcast_mul(&g.unsqueeze(1)?)?),
             None => None,
         };
-        let gw = match &self.gw {
-            Some(gw) => {
-                // Rows share one upstream factor when the loss is a (scaled) sum of them,
-                // which is how the trainer uses it.
+        let gw = match (&self.gw, &self.inputs) {
+            (Some(gw), Some((h, w, targets))) => {
+                // Rows share one upstream factor when the loss is a (scaled) sum of them
+                // (supervised fine-tuning): the gradient formed in the forward pass, scaled.
                 let gv = g.to_vec1::<f32>()?;
-                if gv.iter().any(|&x| x != gv[0]) {
-                    candle_core::bail!("cross-entropy: the output-weight gradient needs one upstream factor for every row");
+                if gv.iter().all(|&x| x == gv[0]) {
+                    Some((gw * gv[0] as f64)?)
+                } else {
+                    Some(weighted_w_grad(h, w, targets, &gv)?)
                 }
-                Some((gw * gv[0] as f64)?)
             }
-            None => None,
+            _ => None,
         };
         Ok((gh, gw))
     }

@@ -16,6 +16,10 @@ pub struct StepMetrics {
     pub elapsed_s: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub val_loss: Option<f64>,
+    /// The objective's statistics (`rewards/chosen`, `rewards/accuracies`, ...; `val/...`
+    /// on held-out data).
+    #[serde(flatten)]
+    pub extra: std::collections::BTreeMap<String, f64>,
 }
 
 pub struct Metrics {
@@ -63,6 +67,18 @@ impl Metrics {
         }
         crate::plot::lines(&dir.join("loss.png"), &format!("{title}: loss"), "step", "loss", &series)?;
         let lr: Vec<(f64, f64)> = self.rows.iter().map(|r| (r.step as f64, r.lr)).collect();
-        crate::plot::lines(&dir.join("lr.png"), &format!("{title}: learning rate"), "step", "lr", &[("lr", lr)])
+        crate::plot::lines(&dir.join("lr.png"), &format!("{title}: learning rate"), "step", "lr", &[("lr", lr)])?;
+        // Preference objectives: rewards and margins, and accuracy, against step.
+        let curve = |k: &str| -> Vec<(f64, f64)> { self.rows.iter().filter_map(|r| r.extra.get(k).map(|v| (r.step as f64, *v))).collect() };
+        let rewards: Vec<(&str, Vec<(f64, f64)>)> =
+            ["rewards/chosen", "rewards/rejected", "rewards/margins", "val/rewards/margins"].into_iter().map(|k| (k, curve(k))).filter(|(_, c)| !c.is_empty()).collect();
+        if !rewards.is_empty() {
+            crate::plot::lines(&dir.join("rewards.png"), &format!("{title}: rewards"), "step", "reward", &rewards)?;
+        }
+        let acc: Vec<(&str, Vec<(f64, f64)>)> = ["rewards/accuracies", "val/rewards/accuracies"].into_iter().map(|k| (k, curve(k))).filter(|(_, c)| !c.is_empty()).collect();
+        if !acc.is_empty() {
+            crate::plot::lines(&dir.join("accuracy.png"), &format!("{title}: preference accuracy"), "step", "accuracy", &acc)?;
+        }
+        Ok(())
     }
 }

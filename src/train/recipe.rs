@@ -2,6 +2,7 @@
 //! Unknown keys are errors (a typo must not silently train something else), `--set
 //! a.b=value` overrides any key, and the resolved recipe is saved beside the run.
 use super::optim::AdamWConfig;
+use super::reference::Reference;
 use super::schedule::Schedule;
 use crate::data::render::{LossOn, Truncation};
 use crate::peft::full::FullConfig;
@@ -45,6 +46,35 @@ pub struct Recipe {
     #[serde(default = "yes")]
     pub packing: bool,
     pub method: Method,
+    /// What the loss is: `sft` (default), `dpo`, `ipo`, `robust`, `hinge`, `simpo`, `cpo`,
+    /// `orpo`, `kto`, `reward`, `reward-regression` (see `train::objective`).
+    #[serde(default = "default_objective")]
+    pub objective: String,
+    /// Preference objectives' temperature (TRL's default 0.1).
+    pub beta: Option<f64>,
+    /// DPO's `loss_type`: one name or a list (combined with `loss_weights`); CPO's and
+    /// KTO's variants.
+    pub loss_type: Option<OneOrMany>,
+    pub loss_weights: Option<Vec<f64>>,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// SimPO's target margin.
+    #[serde(alias = "gamma")]
+    pub simpo_gamma: Option<f64>,
+    /// CPO's weight of the NLL on chosen (1 for `cpo`, 0 for `simpo`).
+    pub cpo_alpha: Option<f64>,
+    #[serde(default = "one_f")]
+    pub desirable_weight: f64,
+    #[serde(default = "one_f")]
+    pub undesirable_weight: f64,
+    /// Reward models: weight of `mean((r_chosen + r_rejected)^2)`, which centres rewards on 0.
+    pub center_rewards_coefficient: Option<f64>,
+    /// The reference of DPO and KTO: the policy as training starts, or the bare base.
+    #[serde(default)]
+    pub reference: Reference,
+    /// Start from this adapter (PEFT layout, e.g. an SFT run's `adapter/`) instead of a
+    /// fresh one; with `reference: policy` it is also the reference model.
+    pub init_adapter: Option<PathBuf>,
     #[serde(default)]
     pub lora: LoraConfig,
     /// For `method: full`: which weights train, and Half Fine-Tuning.
@@ -89,6 +119,23 @@ pub struct Recipe {
     pub output_dir: Option<PathBuf>,
 }
 
+/// A name or a list of names (`loss_type: ipo` or `loss_type: [sigmoid, sft]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSource {
@@ -127,6 +174,9 @@ pub enum Method {
     Prompt,
 }
 
+fn default_objective() -> String {
+    "sft".into()
+}
 fn default_model() -> String {
     crate::hub::DEFAULT_MODEL.into()
 }
@@ -164,7 +214,8 @@ impl Recipe {
         for s in sets {
             apply_set(&mut doc, s).map_err(|e| Error::file(path, e))?;
         }
-        let mut r: Recipe = serde_yaml::from_value(doc).map_err(|e| Error::file(path, format!("{e}")))?;
+        apply_aliases(&mut doc).map_err(|e| Error::file(path, e))?;
+        let mut r: Recipe = serde_yaml::from_value(doc).map_err(|e| Error::file(path, did_you_mean(&e.to_string())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for d in r.data.iter_mut().chain(r.val_data.iter_mut()) {
             if d.path.is_relative() {
@@ -172,6 +223,12 @@ impl Recipe {
             }
             // Absolute, so the recipe saved in the run directory reads the same files.
             d.path = std::fs::canonicalize(&d.path).map_err(|e| Error::file(path, format!("data: {}: {e}", d.path.display())))?;
+        }
+        if let Some(a) = r.init_adapter.as_mut() {
+            if a.is_relative() {
+                *a = base.join(&*a);
+            }
+            *a = std::fs::canonicalize(&*a).map_err(|e| Error::file(path, format!("init_adapter: {}: {e}", a.display())))?;
         }
         r.check().map_err(|e| Error::file(path, e))?;
         Ok(r)
@@ -201,6 +258,13 @@ impl Recipe {
         if self.precision == Precision::Bf16 && !self.dequantize {
             return Err("precision: bf16 holds the dequantized base in bf16, so it needs `dequantize: true` (a quantized base is already smaller)".into());
         }
+        super::objective::build(self).map_err(|e| e.to_string())?;
+        if self.objective.starts_with("reward") && self.method == Method::Prompt {
+            return Err("method: a reward model is saved as a sequence-classification model, which prompt tuning cannot be; use lora or full".into());
+        }
+        if self.init_adapter.is_some() && self.method == Method::Full {
+            return Err("init_adapter: full tuning starts from `model`; an adapter starts LoRA or prompt tuning".into());
+        }
         if self.max_steps == Some(0) {
             return Err("max_steps: must be at least 1".into());
         }
@@ -214,6 +278,80 @@ impl Recipe {
         }
         Ok(())
     }
+}
+
+/// Keys users of TRL / transformers / PEFT type, and ours: `learning_rate` is `lr`.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("learning_rate", "lr"),
+    ("num_train_epochs", "epochs"),
+    ("per_device_train_batch_size", "batch_size"),
+    ("train_batch_size", "batch_size"),
+    ("gradient_accumulation_steps", "grad_accum"),
+    ("lr_scheduler_type", "schedule"),
+    ("max_length", "max_len"),
+    ("max_seq_length", "max_len"),
+    ("weight_decay", "adamw.weight_decay"),
+    ("lora_r", "lora.r"),
+    ("lora_alpha", "lora.alpha"),
+    ("lora_dropout", "lora.dropout"),
+    ("lora_target_modules", "lora.target_modules"),
+    ("save_steps", "save_every"),
+    ("save_total_limit", "keep_checkpoints"),
+];
+
+/// Rename alias keys at the top level (`lora_r: 16` becomes `lora: {r: 16}`); an alias
+/// given beside its own key is an error rather than a silent choice.
+fn apply_aliases(doc: &mut serde_yaml::Value) -> std::result::Result<(), String> {
+    let Some(map) = doc.as_mapping_mut() else { return Ok(()) };
+    for (alias, key) in ALIASES {
+        let Some(v) = map.remove(*alias) else { continue };
+        let (outer, inner) = match key.split_once('.') {
+            Some((o, i)) => (o, Some(i)),
+            None => (*key, None),
+        };
+        let ok = serde_yaml::Value::String(outer.to_string());
+        match inner {
+            None if map.contains_key(&ok) => return Err(format!("{alias} and {key} are the same key; give one")),
+            None => {
+                map.insert(ok, v);
+            }
+            Some(i) => {
+                let sub = map.entry(ok).or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+                let sub = sub.as_mapping_mut().ok_or_else(|| format!("{outer}: expected a map"))?;
+                let ik = serde_yaml::Value::String(i.to_string());
+                if sub.contains_key(&ik) {
+                    return Err(format!("{alias} and {key} are the same key; give one"));
+                }
+                sub.insert(ik, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// serde's "unknown field `x`, expected one of ..." with the closest known key named.
+fn did_you_mean(msg: &str) -> String {
+    let Some(rest) = msg.split("unknown field `").nth(1) else { return msg.to_string() };
+    let field = rest.split('`').next().unwrap_or("");
+    let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).filter(|s| !s.is_empty()).collect();
+    let best = expected.iter().map(|k| (edit_distance(field, k), *k)).min();
+    match best {
+        Some((d, k)) if d <= field.len().max(2) / 2 => format!("{msg} (did you mean `{k}`?)"),
+        _ => msg.to_string(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + usize::from(a[i - 1] != b[j - 1]));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// `a.b=value`: set key `b` of map `a` (maps are created as needed).
@@ -271,8 +409,16 @@ mod tests {
         assert!(r.data[0].path.ends_with("d.jsonl") && r.data[0].path.is_absolute());
         let e = Recipe::load(&p, &["lora.rank=16".into()]).unwrap_err().to_string();
         assert!(e.contains("rank"), "{e}");
-        let e = Recipe::load(&p, &["learning_rate=1".into()]).unwrap_err().to_string();
-        assert!(e.contains("learning_rate"), "{e}");
+        let r = Recipe::load(&p, &["learning_rate=1e-5".into(), "lora_alpha=64".into(), "num_train_epochs=3".into()]).unwrap();
+        assert_eq!((r.lr, r.lora.alpha, r.epochs), (1e-5, 64.0, 3));
+        let e = Recipe::load(&p, &["lora_r=32".into()]).unwrap_err().to_string();
+        assert!(e.contains("same key"), "{e}");
+        let e = Recipe::load(&p, &["learning_rate=1e-5".into(), "lr=1e-4".into()]).unwrap_err().to_string();
+        assert!(e.contains("same key"), "{e}");
+        let e = Recipe::load(&p, &["lerning_rat=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("lerning_rat"), "{e}");
+        let e = Recipe::load(&p, &["bata=0.1".into()]).unwrap_err().to_string();
+        assert!(e.contains("did you mean `beta`"), "{e}");
         let e = Recipe::load(&p, &["batch_size=0".into()]).unwrap_err().to_string();
         assert!(e.contains("batch_size"), "{e}");
         std::fs::write(p.with_file_name("e.jsonl"), "{}\n").unwrap();

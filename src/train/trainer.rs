@@ -1,16 +1,20 @@
-//! The supervised fine-tuning loop: micro-batches -> loss and gradients -> clipping ->
-//! AdamW under a schedule; metrics, validation, checkpoints, and a clean stop on Ctrl-C.
+//! The training loop, for every objective: micro-batches -> the objective's loss and
+//! gradients -> clipping -> AdamW under a schedule; metrics, validation, checkpoints,
+//! and a clean stop on Ctrl-C. Preference objectives get their reference log-probs from
+//! a pre-pass before the first step (`reference`); reward models a score head.
 use super::checkpoint;
-use super::data::{all_batches, load, Stream};
-use super::loss::loss_sum;
+use super::data::{all_batches, load, Set, Stream};
 use super::metrics::{Metrics, StepMetrics};
+use super::objective::{self, Ctx, Data, Layout, Objective};
 use super::optim::AdamW;
 use super::recipe::{Method, Recipe};
-use super::step::{clip_grad_norm, loss_and_grads};
-use crate::peft::{full::Full, lora::Lora, prompt::PromptTuning, Adapter};
+use super::reference::{self, Reference};
+use super::step::{clip_grad_norm, evaluate, objective_step};
+use crate::peft::{full::Full, head::ScoreHead, lora::Lora, prompt::PromptTuning, Adapter};
 use crate::tokenizer::Tokenizer;
 use crate::{CausalLm, Error, LoadOptions, Result};
-use std::path::PathBuf;
+use candle_core::Var;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -35,80 +39,200 @@ pub struct Report {
     pub final_loss: f64,
     pub val_loss: Option<f64>,
     pub interrupted: bool,
+    /// Where the result is (`adapter/` or `model/`).
+    pub result: PathBuf,
+    pub counts: super::data::Counts,
 }
 
-/// Progress callback: (step done, total steps, metrics of that step).
-pub type OnStep<'a> = &'a mut dyn FnMut(usize, usize, &StepMetrics);
+/// What a run tells its caller as it goes.
+pub enum Event<'a> {
+    /// A line worth printing (a checkpoint passed over, data counts).
+    Note(String),
+    /// The reference pre-pass: sequences done of total.
+    Reference {
+        done: usize,
+        total: usize,
+    },
+    Step {
+        step: usize,
+        total: usize,
+        metrics: &'a StepMetrics,
+    },
+}
 
-/// Train as the recipe says. With `resume`, continue from the newest checkpoint in the
-/// run directory (the recipe saved there is used, so the run continues unchanged).
-pub fn train(recipe: &Recipe, resume: bool, on_step: OnStep) -> Result<Report> {
+pub type OnEvent<'a> = &'a mut dyn FnMut(Event);
+
+/// Where a finished run's result goes: `adapter/` (PEFT layout) or `model/` (a whole HF
+/// model; reward models are always a whole sequence-classification model).
+pub fn final_dir(m: Method, objective: &str) -> &'static str {
+    match m {
+        _ if objective.starts_with("reward") => "model",
+        Method::Lora | Method::Prompt => "adapter",
+        Method::Full => "model",
+    }
+}
+
+/// Everything a run holds while it trains.
+struct Run {
+    model: CausalLm,
+    tok: Tokenizer,
+    adapter: Box<dyn Adapter>,
+    head: Option<Var>,
+    objective: Box<dyn Objective>,
+    train: Set,
+    val: Set,
+    start: usize,
+    opt: AdamW,
+    params: Vec<Var>,
+    template: crate::tokenizer::ChatTemplate,
+}
+
+/// Train as the recipe says. With `resume`, continue from the newest checkpoint that
+/// verifies in the run directory (the recipe saved there is used, so the run continues
+/// unchanged).
+pub fn train(recipe: &Recipe, resume: bool, on: OnEvent) -> Result<Report> {
     let out = recipe.output_dir();
     std::fs::create_dir_all(&out).map_err(|e| Error::file(&out, e.to_string()))?;
-    let latest = if resume { checkpoint::list(&out).pop() } else { None };
-    if resume && latest.is_none() {
-        return Err(Error::file(&out, "no complete checkpoint to resume from"));
+    let latest = if resume {
+        let (latest, skipped) = checkpoint::newest_good(&out);
+        skipped.into_iter().for_each(|s| on(Event::Note(s)));
+        Some(latest.ok_or_else(|| Error::file(&out, "no complete, readable checkpoint to resume from"))?)
+    } else {
+        None
+    };
+    let (mut run, counts) = prepare(recipe, latest.as_ref().map(|l| l.1.as_path()))?;
+    if counts.dropped + counts.truncated + counts.no_target > 0 {
+        on(Event::Note(format!(
+            "data: {} examples; {} longer than max_len {} dropped, {} truncated ({:?}); {} without trained tokens",
+            counts.examples, counts.dropped, recipe.max_len, counts.truncated, recipe.truncation, counts.no_target
+        )));
     }
+    crate::peft::write_atomic(&out.join("recipe.yaml"), serde_yaml::to_string(recipe).expect("yaml").as_bytes())?;
+    let refs = references(recipe, &run, &out, latest.is_none(), on)?;
+    let (steps, last_loss, last_val, interrupted) = run_steps(recipe, &mut run, &refs, &out, on)?;
+    let result = out.join(final_dir(recipe.method, &recipe.objective));
+    if !interrupted {
+        save_result(recipe, &run, &result)?;
+    }
+    Ok(Report { out, steps, final_loss: last_loss, val_loss: last_val, interrupted, result, counts })
+}
+
+/// Load the model, data, method and optimiser (from checkpoint `latest` when resuming).
+fn prepare(recipe: &Recipe, latest: Option<&Path>) -> Result<(Run, super::data::Counts)> {
+    let objective = objective::build(recipe)?;
     let source = crate::hub::resolve(&recipe.model, true)?;
     let tok = Tokenizer::load(&source)?;
     // Full tuning resumes from the model saved in the checkpoint.
-    let model_source = match (&latest, recipe.method) {
-        (Some((_, dir)), Method::Full) => crate::hub::ModelSource::HfDir(dir.clone()),
+    let model_source = match (latest, recipe.method) {
+        (Some(dir), Method::Full) => crate::hub::ModelSource::HfDir(dir.to_path_buf()),
         _ => source.clone(),
     };
     let mut model = CausalLm::load(&model_source, &LoadOptions { dequantize: recipe.dequantize, weight_dtype: recipe.precision.dtype(), ..Default::default() })?;
-    let tmpl = tok.template(recipe.template.as_deref())?;
+    let template = tok.template(recipe.template.as_deref())?;
     model.checkpointing = recipe.gradient_checkpointing;
-    let (train_set, val_set, _) = load(recipe, &tok, &tmpl)?;
-
-    let adapter: Box<dyn Adapter> = match recipe.method {
-        Method::Lora => Box::new(match &latest {
-            Some((_, dir)) => Lora::load(&mut model, dir)?,
-            None => Lora::attach(&mut model, &recipe.lora, recipe.seed)?,
-        }),
-        Method::Full => Box::new(Full::attach(&mut model, &tok, &recipe.full)?),
-        Method::Prompt => Box::new(match &latest {
-            Some((_, dir)) => PromptTuning::load(&mut model, dir)?,
-            None => PromptTuning::attach(&mut model, &tok, &recipe.prompt, recipe.seed)?,
-        }),
-    };
+    let (train, val, counts) = load(recipe, &tok, &template, objective.data())?;
+    let mut adapter = attach(recipe, &mut model, &tok, latest)?;
+    let mut head = None;
+    let outputs = objective.head_outputs(&train);
+    if outputs > 0 {
+        let h = ScoreHead::new(adapter, &model, outputs, recipe.seed, latest)?;
+        head = Some(h.weight.clone());
+        adapter = Box::new(h);
+    }
     let params: Vec<_> = adapter.trainable().into_iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(params.clone(), recipe.adamw);
-    let start = match &latest {
-        Some((_, dir)) => checkpoint::load_optimizer(dir, adapter.as_ref(), &mut opt)?.step,
+    let start = match latest {
+        Some(dir) => checkpoint::load_optimizer(dir, adapter.as_ref(), &mut opt)?.step,
         None => 0,
     };
-    crate::peft::write_atomic(&out.join("recipe.yaml"), serde_yaml::to_string(recipe).expect("yaml").as_bytes())?;
+    Ok((Run { model, tok, adapter, head, objective, train, val, start, opt, params, template }, counts))
+}
 
-    let pad = tok.eos_id.unwrap_or(0);
-    let mut stream = Stream::new(&train_set, recipe, pad);
+/// The method, fresh, from `init_adapter`, or from a checkpoint.
+fn attach(recipe: &Recipe, model: &mut CausalLm, tok: &Tokenizer, latest: Option<&Path>) -> Result<Box<dyn Adapter>> {
+    let from = latest.or(recipe.init_adapter.as_deref());
+    Ok(match recipe.method {
+        Method::Lora => Box::new(match from {
+            Some(dir) => Lora::load(model, dir)?,
+            None => Lora::attach(model, &recipe.lora, recipe.seed)?,
+        }),
+        Method::Full => Box::new(Full::attach(model, tok, &recipe.full)?),
+        Method::Prompt => Box::new(match from {
+            Some(dir) => PromptTuning::load(model, dir)?,
+            None => PromptTuning::attach(model, tok, &recipe.prompt, recipe.seed)?,
+        }),
+    })
+}
+
+fn layout(recipe: &Recipe, tok: &Tokenizer) -> Layout {
+    Layout { pad: tok.eos_id.unwrap_or(0), max_len: recipe.max_len, packing: recipe.packing }
+}
+
+/// Reference log-probs of the training and validation sequences, when the objective
+/// needs them (cached in the run directory; computed only before the first step).
+fn references(recipe: &Recipe, run: &Run, out: &Path, fresh: bool, on: OnEvent) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
+    if !run.objective.needs_reference() {
+        return Ok((None, None));
+    }
+    let l = layout(recipe, &run.tok);
+    let what = format!("{}|{}|{:?}|{:?}|{:?}|{:?}", recipe.model, recipe.dequantize, recipe.precision, recipe.reference, recipe.init_adapter, recipe.method);
+    let allowed = fresh || recipe.reference == Reference::Base;
+    let pass = |set: &Set, name: &str, on: &mut dyn FnMut(Event)| -> Result<Vec<f32>> {
+        let path = out.join(format!("reference-{name}.bin"));
+        let key = reference::key(set, &what);
+        let pass = reference::Pass { model: &run.model, adapter: run.adapter.as_ref(), which: recipe.reference, layout: l, batch: 2 * recipe.batch_size, allowed };
+        pass.run(set, &path, &key, &mut |done, total| on(Event::Reference { done, total }))
+    };
+    let t = pass(&run.train, "train", on)?;
+    let v = if run.val.seqs.is_empty() { None } else { Some(pass(&run.val, "val", on)?) };
+    Ok((Some(t), v))
+}
+
+/// The optimiser steps: returns (steps done, last loss, last validation loss, interrupted).
+fn run_steps(recipe: &Recipe, run: &mut Run, refs: &(Option<Vec<f32>>, Option<Vec<f32>>), out: &Path, on: OnEvent) -> Result<(usize, f64, Option<f64>, bool)> {
+    let l = layout(recipe, &run.tok);
+    let by_units = run.objective.data() != Data::Conversations;
+    let mut stream = Stream::new(&run.train, recipe, l.pad, by_units, run.objective.sequential());
     let total = recipe.max_steps.unwrap_or_else(|| (stream.per_epoch() * recipe.epochs).div_ceil(recipe.grad_accum));
-    stream.skip(start * recipe.grad_accum);
-    let val_batches = all_batches(&val_set, recipe.batch_size, pad);
-    let mut metrics = Metrics::open(&out, start)?;
+    stream.skip(run.start * recipe.grad_accum);
+    let val_batches = all_batches(&run.val, recipe.batch_size, l.pad, by_units, (l.max_len, l.packing));
+    let mut metrics = Metrics::open(out, run.start)?;
     catch_ctrl_c();
     INTERRUPTED.store(false, Ordering::SeqCst);
-
     let t0 = Instant::now();
     let (mut last_loss, mut last_val, mut interrupted) = (f64::NAN, None, false);
-    let mut step = start;
+    let mut step = run.start;
+    let head = run.head.as_ref().map(|h| h.as_tensor().clone());
     while step < total {
         let ts = Instant::now();
         let micro: Vec<_> = (0..recipe.grad_accum).map(|_| stream.next_batch()).collect();
         let lr = recipe.lr * recipe.schedule.factor(step, total, recipe.warmup_steps);
-        adapter.set_training(true);
-        adapter.begin_step(recipe.seed, step as u64);
-        if let Some(full) = adapter.as_full() {
-            full.hft_stage(&mut model, recipe.seed, step)?;
+        run.adapter.set_training(true);
+        run.adapter.begin_step(recipe.seed, step as u64);
+        if let Some(full) = run.adapter.as_full() {
+            full.hft_stage(&mut run.model, recipe.seed, step)?;
         }
-        let mut g = loss_and_grads(&model, &micro, &params)?;
+        let ctx = Ctx { model: &run.model, set: &run.train, reference: refs.0.as_deref(), head: head.as_ref(), layout: l, adapter: Some(run.adapter.as_ref()) };
+        let mut g = objective_step(run.objective.as_ref(), &ctx, &micro, &run.params)?;
+        if !g.loss.is_finite() {
+            let units: Vec<usize> = micro.iter().flat_map(|r| run.train.units_in(r)).collect();
+            return Err(Error::Input(format!("step {}: the loss is {} (records {}); nothing was updated, and the last checkpoint is kept", step + 1, g.loss, run.train.origins(&units).join(", "))));
+        }
         let grad_norm = clip_grad_norm(&mut g.grads, recipe.max_grad_norm)?;
-        let active = adapter.as_full().and_then(|f| f.active());
-        opt.step_some(&g.grads, lr, active.as_deref())?;
+        let active = run.adapter.as_full().and_then(|f| f.active());
+        run.opt.step_some(&g.grads, lr, active.as_deref())?;
         step += 1;
-        adapter.set_training(false);
+        run.adapter.set_training(false);
         let eval_now = !val_batches.is_empty() && ((recipe.eval_every > 0 && step % recipe.eval_every == 0) || step == total);
-        let val_loss = if eval_now { Some(validation_loss(&model, &val_batches)?) } else { None };
+        let mut extra = g.stats.means();
+        let val_loss = if eval_now {
+            let vctx = Ctx { set: &run.val, reference: refs.1.as_deref(), ..ctx };
+            let (v, stats) = evaluate(run.objective.as_ref(), &vctx, &val_batches)?;
+            extra.extend(stats.means().into_iter().map(|(k, x)| (format!("val/{k}"), x)));
+            Some(v)
+        } else {
+            None
+        };
         last_val = val_loss.or(last_val);
         last_loss = g.loss;
         let m = StepMetrics {
@@ -121,40 +245,44 @@ pub fn train(recipe: &Recipe, resume: bool, on_step: OnStep) -> Result<Report> {
             tokens_per_s: g.tokens as f64 / ts.elapsed().as_secs_f64(),
             elapsed_s: t0.elapsed().as_secs_f64(),
             val_loss,
+            extra,
         };
         metrics.push(m.clone())?;
-        on_step(step, total, &m);
+        on(Event::Step { step, total, metrics: &m });
         interrupted = INTERRUPTED.load(Ordering::SeqCst);
         let save = (recipe.save_every > 0 && step % recipe.save_every == 0) || step == total || interrupted;
         if save {
-            checkpoint::save(&out, step, &model, adapter.as_ref(), &opt, recipe.keep_checkpoints)?;
-            metrics.plot(&out, &recipe.name)?;
+            checkpoint::save(out, step, &run.model, run.adapter.as_ref(), &run.opt, recipe.keep_checkpoints)?;
+            metrics.plot(out, &recipe.name)?;
         }
         if interrupted {
             break;
         }
     }
-    if !interrupted {
-        adapter.save(&model, &out.join(final_dir(recipe.method)))?;
-    }
-    Ok(Report { out, steps: step, final_loss: last_loss, val_loss: last_val, interrupted })
+    Ok((step, last_loss, last_val, interrupted))
 }
 
-/// Where a finished run's result goes: `adapter/` (PEFT layout) or `model/` (a whole HF model).
-pub fn final_dir(m: Method) -> &'static str {
-    match m {
-        Method::Lora | Method::Prompt => "adapter",
-        Method::Full => "model",
+/// Write the result: the adapter (PEFT layout), the model, or a reward model.
+fn save_result(recipe: &Recipe, run: &Run, dir: &Path) -> Result<()> {
+    let Some(head) = &run.head else {
+        return run.adapter.save(&run.model, dir);
+    };
+    let attributes: Vec<String> = match run.objective.data() {
+        Data::Scored => crate::data::formats::scored::attribute_names(&recipe.data[0].path)?,
+        _ => vec!["reward".into()],
+    };
+    let head = head.as_tensor().detach();
+    match recipe.method {
+        Method::Lora => {
+            // Merge a copy of the adapter into a freshly loaded base.
+            let adir = recipe.output_dir().join("adapter");
+            run.adapter.save(&run.model, &adir)?;
+            let source = crate::hub::resolve(&recipe.model, true)?;
+            let mut base = CausalLm::load(&source, &LoadOptions { dequantize: true, ..Default::default() })?;
+            Lora::load(&mut base, &adir)?.merge_into(&mut base)?;
+            crate::model::reward::RewardModel::save(&base, &head, &attributes, &run.tok, &run.template, dir)
+        }
+        Method::Full => crate::model::reward::RewardModel::save(&run.model, &head, &attributes, &run.tok, &run.template, dir),
+        Method::Prompt => Err(Error::Input("a reward model with prompt tuning cannot be saved as a sequence-classification model; use method lora or full".into())),
     }
-}
-
-/// Mean loss per target token over the validation batches (no dropout).
-pub fn validation_loss(model: &CausalLm, batches: &[crate::data::pack::Rows]) -> Result<f64> {
-    let (mut sum, mut n) = (0f64, 0usize);
-    for b in batches {
-        let (s, k) = loss_sum(model, b)?;
-        sum += s.to_scalar::<f32>()? as f64;
-        n += k;
-    }
-    Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
 }

@@ -4,6 +4,7 @@ pub mod alpaca;
 pub mod gsm8k;
 pub mod messages;
 pub mod preference;
+pub mod scored;
 pub mod sharegpt;
 pub mod superni;
 
@@ -30,6 +31,7 @@ pub static FORMATS: &[&dyn Format] = &[
     &preference::TrlPreference,
     &preference::HhRlhf,
     &preference::Kto,
+    &scored::Scored,
     &superni::SuperNiTask,
     &superni::SuperNiInstance,
     &sharegpt::ShareGpt,

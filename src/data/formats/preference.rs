@@ -10,14 +10,36 @@ use serde_json::Value;
 
 fn pair(prompt: Vec<Message>, chosen: Vec<Message>, rejected: Vec<Message>, mut errs: Errors) -> Result<Vec<Example>, Errors> {
     for (name, side) in [("chosen", &chosen), ("rejected", &rejected)] {
+        if side.is_empty() && errs.is_empty() {
+            errs.push((name.into(), "missing: a preference pair needs both a chosen and a rejected response".into()));
+        }
+        // What differs between the sides must be the response: a side that starts with
+        // another user (or system) turn means the two prompts do not match.
+        if let Some(at) = side.iter().position(|m| m.role != "assistant" && m.role != "tool") {
+            if errs.is_empty() {
+                errs.push((format!("{name}[{at}]"), format!("the prompts of chosen and rejected differ (a {:?} turn after the shared prompt)", side[at].role)));
+            }
+        }
         let c = Conversation { messages: prompt.iter().chain(side.iter()).cloned().collect(), tools: None };
         validate(&c, name, true, &mut errs);
     }
+    if errs.is_empty() && chosen == rejected {
+        errs.push(("rejected".into(), "identical to chosen: the pair expresses no preference".into()));
+    }
     if errs.is_empty() {
-        Ok(vec![Example::Preference(PreferencePair { prompt, chosen, rejected })])
+        Ok(vec![Example::Preference(PreferencePair { prompt, chosen, rejected, margin: None })])
     } else {
         Err(errs)
     }
+}
+
+/// A record's numeric `margin`, kept with its pair.
+fn with_margin(v: &Value, parsed: Result<Vec<Example>, Errors>) -> Result<Vec<Example>, Errors> {
+    let mut out = parsed?;
+    if let (Some(m), Some(Example::Preference(p))) = (v.get("margin").and_then(Value::as_f64), out.first_mut()) {
+        p.margin = Some(m);
+    }
+    Ok(out)
 }
 
 pub struct ShareGptPreference;
@@ -35,7 +57,7 @@ impl Format for ShareGptPreference {
         let side = |f: &str, errs: &mut Errors| turns(&Value::Array(vec![v[f].clone()]), f, errs);
         let chosen = side("chosen", &mut errs);
         let rejected = side("rejected", &mut errs);
-        pair(prompt, chosen, rejected, errs)
+        with_margin(v, pair(prompt, chosen, rejected, errs))
     }
 }
 
@@ -60,7 +82,7 @@ impl Format for MessagesPreference {
         let a = message_list(v, "chosen_messages", &mut errs);
         let b = message_list(v, "rejected_messages", &mut errs);
         let (p, c, r) = split_common(a, b);
-        pair(p, c, r, errs)
+        with_margin(v, pair(p, c, r, errs))
     }
 }
 
@@ -91,7 +113,7 @@ impl Format for TrlPreference {
         let prompt = trl_side(v, "prompt", "user", &mut errs);
         let chosen = trl_side(v, "chosen", "assistant", &mut errs);
         let rejected = trl_side(v, "rejected", "assistant", &mut errs);
-        pair(prompt, chosen, rejected, errs)
+        with_margin(v, pair(prompt, chosen, rejected, errs))
     }
 }
 
@@ -131,7 +153,7 @@ impl Format for HhRlhf {
         let a = hh_turns(v["chosen"].as_str().unwrap_or(""), "chosen", &mut errs);
         let b = hh_turns(v["rejected"].as_str().unwrap_or(""), "rejected", &mut errs);
         let (p, c, r) = split_common(a, b);
-        pair(p, c, r, errs)
+        with_margin(v, pair(p, c, r, errs))
     }
 }
 

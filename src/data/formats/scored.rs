@@ -41,7 +41,11 @@ impl Format for Scored {
         }
         let c = Conversation { messages, tools: None };
         validate(&c, "messages", true, &mut errs);
-        if errs.is_empty() { Ok(vec![Example::Scored(c, scores)]) } else { Err(errs) }
+        if errs.is_empty() {
+            Ok(vec![Example::Scored(c, scores)])
+        } else {
+            Err(errs)
+        }
     }
 }
 

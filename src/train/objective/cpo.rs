@@ -66,11 +66,7 @@ impl Objective for Cpo {
         let s = sequence_logps(ctx.model, rows)?;
         let p = Pairs::of(ctx.set, rows, &s)?;
         let average = matches!(self.loss, CpoLoss::Ipo | CpoLoss::Simpo);
-        let (c, r) = if average {
-            ((&p.chosen / &p.len_chosen.clamp(1f32, f32::MAX)?)?, (&p.rejected / &p.len_rejected.clamp(1f32, f32::MAX)?)?)
-        } else {
-            (p.chosen.clone(), p.rejected.clone())
-        };
+        let (c, r) = if average { ((&p.chosen / &p.len_chosen.clamp(1f32, f32::MAX)?)?, (&p.rejected / &p.len_rejected.clamp(1f32, f32::MAX)?)?) } else { (p.chosen.clone(), p.rejected.clone()) };
         let b = self.beta;
         let mut logits = (&c - &r)?;
         let ls = self.label_smoothing;
