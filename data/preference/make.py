@@ -26,7 +26,11 @@ def turns(s):
 
 
 hh = [json.loads(l) for l in gzip.open(os.path.join(src, "hh_rlhf_harmless_base_test.jsonl.gz"), "rt")]
-good = [r for r in hh if turns(r["chosen"]) == (1, 1) and turns(r["rejected"]) == (1, 1) and len(r["chosen"]) < 700 and len(r["rejected"]) < 700 and r["chosen"] != r["rejected"]]
+def answer(s):
+    return s.split("\n\nAssistant:", 1)[1].strip()
+
+
+good = [r for r in hh if turns(r["chosen"]) == (1, 1) and turns(r["rejected"]) == (1, 1) and len(r["chosen"]) < 700 and len(r["rejected"]) < 700 and r["chosen"] != r["rejected"] and answer(r["chosen"]) and answer(r["rejected"])]
 train, held = good[:400], good[400:500]
 
 

@@ -16,6 +16,8 @@ pub enum BenchCmd {
     Train(super::bench_train::TrainBench),
     /// SuperNI evaluation examples/s against a transformers generate loop.
     Eval(super::bench_eval::EvalBench),
+    /// DPO tokens/s and peak memory against TRL's DPOTrainer and a PyTorch + PEFT loop.
+    Dpo(super::bench_dpo::DpoBench),
 }
 
 #[derive(Args)]
@@ -41,6 +43,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
         BenchCmd::Generate(a) => a,
         BenchCmd::Data(d) => return super::bench_data::run(d),
         BenchCmd::Train(t) => return super::bench_train::run(t),
+        BenchCmd::Dpo(t) => return super::bench_dpo::run(t),
         BenchCmd::Eval(e) => return super::bench_eval::run(e),
     };
     let threads = rayon::current_num_threads();

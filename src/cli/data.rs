@@ -72,6 +72,9 @@ pub struct SelectArgs {
     batch_size: usize,
     #[arg(long)]
     template: Option<String>,
+    /// A reward model directory, for the `reward` indicator (`--by reward`).
+    #[arg(long)]
+    reward_model: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -435,6 +438,11 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
         _ => bail!("give --by INDICATOR or --rule EXPRESSION"),
     };
     let needs_model = rule.0.iter().any(|(_, n)| n == "loss" || n == "perplexity");
+    let rm = match (rule.0.iter().any(|(_, n)| n == "reward"), &a.reward_model) {
+        (true, Some(p)) => Some(instill::model::reward::RewardModel::load(p)?),
+        (true, None) => bail!("the reward indicator needs --reward-model DIR"),
+        (false, _) => None,
+    };
     let (model, tok) = if needs_model {
         let (m, t) = a.model.load()?;
         (Some(m), t)
@@ -454,7 +462,13 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
     let mut records = stream_clean(&a.file, &opts)?.peekable();
     while records.peek().is_some() {
         let chunk: Vec<instill::data::Record> = records.by_ref().take(a.batch_size.max(1) * 32).collect::<instill::Result<_>>()?;
-        let scored = score_chunk(&chunk, &tok, &tmpl, model.as_ref(), a.batch_size)?;
+        let mut scored = score_chunk(&chunk, &tok, &tmpl, model.as_ref(), a.batch_size)?;
+        if let Some(rm) = &rm {
+            let convs: Vec<instill::data::Conversation> = chunk.iter().filter_map(|r| if let Example::Sft(c) = &r.example { Some(c.clone()) } else { None }).collect();
+            for (ind, r) in scored.iter_mut().zip(rm.score(&convs, a.batch_size)?) {
+                ind.reward = Some(r[0] as f64);
+            }
+        }
         for (r, ind) in chunk.iter().zip(&scored) {
             let s = rule.score(ind);
             if let Some((f, _)) = &mut ind_out {

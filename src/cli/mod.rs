@@ -1,6 +1,7 @@
 //! The command line: argument parsing, progress and printing only; the work is in the library.
 mod bench;
 mod bench_data;
+mod bench_dpo;
 mod bench_eval;
 mod bench_train;
 mod chat;

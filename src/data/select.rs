@@ -1,6 +1,6 @@
 //! Data selection (InstructMining / POINTS style): per-example quality indicators and
 //! rules that keep a subset. Indicators: response length, lexical diversity (MTLD),
-//! and the response's loss and perplexity under a model.
+//! the response's loss and perplexity under a model, and a reward model's score.
 use super::pack::padded;
 use super::render::Rendered;
 use crate::model::{CausalLm, LogitsFor};
@@ -16,6 +16,9 @@ pub struct Indicators {
     /// Mean negative log-likelihood of the trained tokens (None without a model).
     pub loss: Option<f64>,
     pub perplexity: Option<f64>,
+    /// A reward model's score of the conversation (None without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward: Option<f64>,
 }
 
 impl Indicators {
@@ -26,12 +29,13 @@ impl Indicators {
             "mtld" => self.mtld,
             "loss" => self.loss?,
             "perplexity" | "ppl" => self.perplexity?,
+            "reward" => self.reward?,
             _ => return None,
         })
     }
 }
 
-pub const NAMES: &[&str] = &["response_words", "response_tokens", "mtld", "loss", "perplexity"];
+pub const NAMES: &[&str] = &["response_words", "response_tokens", "mtld", "loss", "perplexity", "reward"];
 
 /// Measure of Textual Lexical Diversity (McCarthy & Jarvis 2010): the mean length of
 /// word runs whose type-token ratio stays above 0.72, averaged over both directions.
@@ -75,7 +79,7 @@ fn mtld_pass<'a>(words: impl Iterator<Item = &'a String>) -> f64 {
 
 /// Indicators without a model.
 pub fn text_indicators(response: &str, r: &Rendered) -> Indicators {
-    Indicators { response_words: response.split_whitespace().count(), response_tokens: r.trained_tokens(), mtld: mtld(response), loss: None, perplexity: None }
+    Indicators { response_words: response.split_whitespace().count(), response_tokens: r.trained_tokens(), mtld: mtld(response), loss: None, perplexity: None, reward: None }
 }
 
 /// Mean NLL of each example's trained tokens, `batch` examples per forward pass.
@@ -158,7 +162,7 @@ mod tests {
     fn rules_parse_and_score() {
         let r = Rule::parse("0.5*mtld - loss + 2*response_words").unwrap();
         assert_eq!(r.0, vec![(0.5, "mtld".into()), (-1.0, "loss".into()), (2.0, "response_words".into())]);
-        let ind = Indicators { response_words: 10, response_tokens: 12, mtld: 4.0, loss: Some(1.5), perplexity: Some(1.5f64.exp()) };
+        let ind = Indicators { response_words: 10, response_tokens: 12, mtld: 4.0, loss: Some(1.5), perplexity: Some(1.5f64.exp()), reward: None };
         assert_eq!(r.score(&ind), Some(0.5 * 4.0 - 1.5 + 20.0));
         assert!(Rule::parse("2*vibes").is_err());
         assert_eq!(top_fraction(&[Some(1.0), Some(3.0), None, Some(2.0)], 0.5), vec![1, 3]);
