@@ -60,7 +60,11 @@ fn every_objective_recipe_trains_on_smollm2() {
     let dir = common::tmpdir("pref-recipes");
     let pairs = head(&dir, "data/preference/hh_train.jsonl", 4);
     let val = head(&dir, "data/preference/hh_heldout.jsonl", 2);
-    let kto = head(&dir, "data/preference/kto_demo.jsonl", 4);
+    // Two desirable and two undesirable responses, alternating.
+    let text = std::fs::read_to_string(root().join("data/preference/kto_demo.jsonl")).unwrap();
+    let (yes, no): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| l.contains("\"label\": true"));
+    let kto = dir.join("kto.jsonl");
+    std::fs::write(&kto, [yes[0], no[0], yes[1], no[1]].map(|l| format!("{l}\n")).concat()).unwrap();
     let scored = head(&dir, "data/preference/scored_demo.jsonl", 4);
     let cases: &[(&str, &Path, Option<&Path>, &[&str])] = &[
         ("dpo-smollm2.yaml", &pairs, Some(&val), &["rewards/accuracies", "rewards/margins", "val/rewards/accuracies"]),
@@ -171,7 +175,8 @@ fn reward_model_scores_picks_best_of_n_builds_pairs_and_selects() {
     let dir = common::tmpdir("pref-rm");
     let pairs = head(&dir, "data/preference/hh_train.jsonl", 4);
     let val = head(&dir, "data/preference/hh_heldout.jsonl", 4);
-    ok(&train(&dir, "reward-smollm2.yaml", &pairs, Some(&val), "rm", &["max_steps=2"]));
+    // max_len long enough that no held-out pair is cut (scoring below sees them whole).
+    ok(&train(&dir, "reward-smollm2.yaml", &pairs, Some(&val), "rm", &["max_steps=2", "max_len=1024"]));
     let rm = dir.join("rm/model");
     let rm_s = rm.to_str().unwrap();
     // Scoring the held-out pairs gives the validation numbers of the last step.
