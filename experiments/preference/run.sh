@@ -14,10 +14,10 @@ BIN=${INSTILL:-./target/release/instill}
 N_TRAIN=${N_TRAIN:-200}
 N_PROMPTS=${N_PROMPTS:-50}
 R=experiments/preference/results
-W=${WORK:-/tmp/instill-pref-exp}
+W=${WORK:-/tmp/instill-pref-exp}  # absolute: recipe paths resolve against recipes/
 mkdir -p "$R" "$W"
 head -n "$N_TRAIN" data/preference/hh_train.jsonl > "$W/train.jsonl"
-HELD=data/preference/hh_heldout.jsonl
+HELD=$PWD/data/preference/hh_heldout.jsonl
 head -n "$N_PROMPTS" data/preference/hh_prompts.jsonl > "$W/prompts.jsonl"
 jq -c '{messages: [{role: "user", content: .prompt}]}' "$W/prompts.jsonl" > "$W/prompts-chat.jsonl"
 common=(--set "data.0.path=$W/train.jsonl" --set "val_data.0.path=$HELD" --set eval_every=0 --set save_every=0)
@@ -55,7 +55,6 @@ done
 cp "$W"/answers-*.jsonl "$R/"
 for r in rm dpo orpo; do
   cp "$W/$r/metrics.jsonl" "$R/metrics-$r.jsonl"
-  cp "$W/$r"/*.png "$R/" 2>/dev/null || true
   for f in "$W/$r"/*.png; do cp "$f" "$R/$r-$(basename "$f")"; done
 done
 echo "== summaries"

