@@ -111,7 +111,8 @@ fn worker(a: &DpoBench, mode: &str) -> Result<serde_json::Value> {
     let t0 = Instant::now();
     let dir = std::env::temp_dir().join(format!("instill-bench-dpo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let pass = Pass { model: &model, adapter: &lora, which: Reference::Policy, layout, batch: 2 * a.batch, allowed: true };
+    // As the trainer does for a fresh LoRA (B = 0): the same numbers with the adapter off.
+    let pass = Pass { model: &model, adapter: &lora, which: Reference::Base, layout, batch: 2 * a.batch, allowed: true };
     let refs = pass.run(&set, &dir.join("ref.bin"), "bench", &mut |_, _| {})?;
     let t_ref = t0.elapsed().as_secs_f64();
     let obj = dpo::Dpo { beta: 0.1, label_smoothing: 0.0, discopop_tau: 0.05, losses: vec![(dpo::LossType::Sigmoid, 1.0)] };

@@ -4,8 +4,8 @@
 //! we want no Python in the loop. Every write goes to a temp file that is renamed
 //! only after the sha256 matches, so a partial or corrupt download never looks valid.
 use super::registry::{ModelSpec, Part};
-use crate::{Error, Result};
 use crate::progress::Progress;
+use crate::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};

@@ -177,10 +177,14 @@ fn references(recipe: &Recipe, run: &Run, out: &Path, fresh: bool, on: OnEvent) 
     let l = layout(recipe, &run.tok);
     let what = format!("{}|{}|{:?}|{:?}|{:?}|{:?}", recipe.model, recipe.dequantize, recipe.precision, recipe.reference, recipe.init_adapter, recipe.method);
     let allowed = fresh || recipe.reference == Reference::Base;
+    // A fresh LoRA adds exactly zero (B = 0): the starting policy is the base bit for bit,
+    // so the pass runs with the adapter switched off and skips its products.
+    let fresh_lora = recipe.method == Method::Lora && recipe.init_adapter.is_none() && run.start == 0;
+    let which = if fresh_lora { Reference::Base } else { recipe.reference };
     let pass = |set: &Set, name: &str, on: &mut dyn FnMut(Event)| -> Result<Vec<f32>> {
         let path = out.join(format!("reference-{name}.bin"));
         let key = reference::key(set, &what);
-        let pass = reference::Pass { model: &run.model, adapter: run.adapter.as_ref(), which: recipe.reference, layout: l, batch: 2 * recipe.batch_size, allowed };
+        let pass = reference::Pass { model: &run.model, adapter: run.adapter.as_ref(), which, layout: l, batch: 2 * recipe.batch_size, allowed };
         pass.run(set, &path, &key, &mut |done, total| on(Event::Reference { done, total }))
     };
     let t = pass(&run.train, "train", on)?;
