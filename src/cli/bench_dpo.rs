@@ -34,8 +34,8 @@ pub struct DpoBench {
     #[arg(long, default_value = "bench/peers/dpo_torch.py")]
     peer_script: PathBuf,
     /// Runs (default: all): instill (f32 base, packed), instill-padded, instill-qlora (Q4_1
-    /// base), trl, trl-precompute, loop.
-    #[arg(long, value_delimiter = ',', default_value = "trl,trl-precompute,loop,instill,instill-padded,instill-qlora")]
+    /// base), instill-qlora-gc (and gradient checkpointing), trl, trl-precompute, loop.
+    #[arg(long, value_delimiter = ',', default_value = "trl,trl-precompute,loop,instill,instill-padded,instill-qlora,instill-qlora-gc")]
     modes: Vec<String>,
     /// Internal: run one instill configuration on this pairs file and print JSON.
     #[arg(long, hide = true)]
@@ -101,8 +101,9 @@ fn worker(a: &DpoBench, mode: &str) -> Result<serde_json::Value> {
     use instill::peft::{lora::Lora, lora::LoraConfig, Adapter};
     let (set, pad) = read_set(a.pairs_file.as_ref().context("--pairs-file")?)?;
     let source = instill::hub::resolve("smollm2-135m-instruct", true)?;
-    let dequantize = mode != "instill-qlora";
+    let dequantize = !mode.starts_with("instill-qlora");
     let mut model = instill::CausalLm::load(&source, &instill::LoadOptions { dequantize, ..Default::default() })?;
+    model.checkpointing = mode.ends_with("-gc");
     let cfg = LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, target_modules: vec!["all-linear".into()], rslora: false };
     let lora = Lora::attach(&mut model, &cfg, 0)?;
     let params: Vec<_> = lora.trainable().into_iter().map(|(_, v)| v).collect();

@@ -20,6 +20,7 @@ pub struct Sample {
 /// Prompts are batched about `batch` samples at a time (all `n` of a prompt together);
 /// each sample draws from its own seeded stream, so a run is reproducible for the same
 /// seed and batch size.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_and_score(
     model: &CausalLm,
     tok: &Tokenizer,

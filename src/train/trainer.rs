@@ -168,9 +168,12 @@ fn layout(recipe: &Recipe, tok: &Tokenizer) -> Layout {
     Layout { pad: tok.eos_id.unwrap_or(0), max_len: recipe.max_len, packing: recipe.packing }
 }
 
+/// Reference log-probs of the training and validation sets.
+type Refs = (Option<Vec<f32>>, Option<Vec<f32>>);
+
 /// Reference log-probs of the training and validation sequences, when the objective
 /// needs them (cached in the run directory; computed only before the first step).
-fn references(recipe: &Recipe, run: &Run, out: &Path, fresh: bool, on: OnEvent) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>)> {
+fn references(recipe: &Recipe, run: &Run, out: &Path, fresh: bool, on: OnEvent) -> Result<Refs> {
     if !run.objective.needs_reference() {
         return Ok((None, None));
     }
@@ -193,7 +196,7 @@ fn references(recipe: &Recipe, run: &Run, out: &Path, fresh: bool, on: OnEvent) 
 }
 
 /// The optimiser steps: returns (steps done, last loss, last validation loss, interrupted).
-fn run_steps(recipe: &Recipe, run: &mut Run, refs: &(Option<Vec<f32>>, Option<Vec<f32>>), out: &Path, on: OnEvent) -> Result<(usize, f64, Option<f64>, bool)> {
+fn run_steps(recipe: &Recipe, run: &mut Run, refs: &Refs, out: &Path, on: OnEvent) -> Result<(usize, f64, Option<f64>, bool)> {
     let l = layout(recipe, &run.tok);
     let by_units = run.objective.data() != Data::Conversations;
     let mut stream = Stream::new(&run.train, recipe, l.pad, by_units, run.objective.sequential());
@@ -227,7 +230,7 @@ fn run_steps(recipe: &Recipe, run: &mut Run, refs: &(Option<Vec<f32>>, Option<Ve
         run.opt.step_some(&g.grads, lr, active.as_deref())?;
         step += 1;
         run.adapter.set_training(false);
-        let eval_now = !val_batches.is_empty() && ((recipe.eval_every > 0 && step % recipe.eval_every == 0) || step == total);
+        let eval_now = !val_batches.is_empty() && ((recipe.eval_every > 0 && step.is_multiple_of(recipe.eval_every)) || step == total);
         let mut extra = g.stats.means();
         let val_loss = if eval_now {
             let vctx = Ctx { set: &run.val, reference: refs.1.as_deref(), ..ctx };
@@ -254,7 +257,7 @@ fn run_steps(recipe: &Recipe, run: &mut Run, refs: &(Option<Vec<f32>>, Option<Ve
         metrics.push(m.clone())?;
         on(Event::Step { step, total, metrics: &m });
         interrupted = INTERRUPTED.load(Ordering::SeqCst);
-        let save = (recipe.save_every > 0 && step % recipe.save_every == 0) || step == total || interrupted;
+        let save = (recipe.save_every > 0 && step.is_multiple_of(recipe.save_every)) || step == total || interrupted;
         if save {
             checkpoint::save(out, step, &run.model, run.adapter.as_ref(), &run.opt, recipe.keep_checkpoints)?;
             metrics.plot(out, &recipe.name)?;
