@@ -17,6 +17,7 @@ N=${N:-4}
 RECIPE=${RECIPE:-recipes/dpo-smollm2.yaml}
 OUT=${OUT:-runs/iterative}
 mkdir -p "$OUT"
+abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 adapter=""
 for k in $(seq 1 "$K"); do
   echo "== round $k: sample $N responses per prompt, score, pair"
@@ -26,8 +27,8 @@ for k in $(seq 1 "$K"); do
     --max-new-tokens 96 --out "$OUT/pairs-$k.jsonl"
   jq -c 'select(.chosen != null)' "$OUT/pairs-$k.jsonl" > "$OUT/pairs-$k.kept.jsonl"
   echo "== round $k: DPO on $(wc -l < "$OUT/pairs-$k.kept.jsonl") pairs"
-  sets=(--set "name=iterative-$k" --set "output_dir=$OUT/round-$k" --set "data.0.path=$PWD/$OUT/pairs-$k.kept.jsonl" --set "val_data=[]")
-  if [ -n "$adapter" ]; then sets+=(--set "init_adapter=$PWD/$adapter"); fi
+  sets=(--set "name=iterative-$k" --set "output_dir=$OUT/round-$k" --set "data.0.path=$(abs "$OUT/pairs-$k.kept.jsonl")" --set "val_data=[]")
+  if [ -n "$adapter" ]; then sets+=(--set "init_adapter=$(abs "$adapter")"); fi
   "$BIN" train "$RECIPE" "${sets[@]}"
   adapter="$OUT/round-$k/adapter"
   "$BIN" reward score -m "$RM" --data "$OUT/pairs-$k.kept.jsonl" --out "$OUT/round-$k/pairs-score" > /dev/null
