@@ -12,6 +12,7 @@ pub mod model;
 pub mod peft;
 pub mod plot;
 pub mod progress;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;
 pub use tokenizer::Tokenizer;

@@ -13,6 +13,7 @@ mod generate;
 mod inspect;
 mod pairs;
 mod reward;
+mod serve;
 mod train;
 
 use anyhow::Result;
@@ -57,6 +58,8 @@ enum Cmd {
     Reward(reward::RewardCmd),
     /// Sample n responses per prompt, rank them with a reward model, write best/worst pairs.
     Pairs(pairs::PairsArgs),
+    /// Serve the model and its adapters over an OpenAI-compatible HTTP API, with a playground at /.
+    Serve(serve::ServeArgs),
     /// Score existing predictions with one metric.
     Score(eval::ScoreArgs),
     /// Measure speed against the peers (llama.cpp, PyTorch) in the same run.
@@ -79,6 +82,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// A model with no adapter.
+    pub fn named(model: &str, dequantize: bool) -> Self {
+        ModelArgs { model: model.to_string(), dequantize, adapter: None }
+    }
+
     /// The tokenizer alone (no weights loaded).
     pub fn load_tokenizer(&self) -> Result<(hub::ModelSource, Tokenizer)> {
         let source = hub::resolve(&self.model, true)?;
@@ -118,5 +126,6 @@ pub fn run() -> Result<()> {
         Cmd::Score(a) => eval::score(a),
         Cmd::Reward(c) => reward::run(c),
         Cmd::Pairs(a) => pairs::run(a),
+        Cmd::Serve(a) => serve::run(a),
     }
 }

@@ -1,7 +1,9 @@
-//! Decoding: sampling rules and (batched, streaming) generation with a KV cache.
+//! Decoding: sampling rules, the logits seam and (batched, streaming) generation with a KV cache.
 pub mod best_of;
 pub mod generate;
+pub mod processor;
 pub mod sampler;
 
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use processor::LogitsProcessor;
 pub use sampler::{Sampler, SamplingParams};

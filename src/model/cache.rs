@@ -50,12 +50,19 @@ impl KvCache {
     /// One batch cache from single-row caches of different lengths, each left-padded with
     /// masked keys to the longest: what a left-padded batch prefill would have left.
     pub fn stack_left_padded(rows: &[KvCache]) -> Result<KvCache> {
-        let s = rows.iter().map(KvCache::len).max().unwrap_or(0);
-        let n_layers = rows.first().map_or(0, |c| c.layers.len());
+        Self::concat_left_padded(&rows.iter().collect::<Vec<_>>())
+    }
+
+    /// The rows of several caches (each of any row count and length) as one cache, every
+    /// part left-padded with masked keys to the longest. The server adds a freshly
+    /// prefilled request to its running batch this way.
+    pub fn concat_left_padded(parts: &[&KvCache]) -> Result<KvCache> {
+        let s = parts.iter().map(|c| c.len()).max().unwrap_or(0);
+        let n_layers = parts.first().map_or(0, |c| c.layers.len());
         let mut out = KvCache::new(n_layers);
         for l in 0..n_layers {
             let (mut ks, mut vs) = (vec![], vec![]);
-            for c in rows {
+            for c in parts {
                 let (Some(k), Some(v)) = (c.layers[l].k()?, c.layers[l].v()?) else {
                     return Err(crate::Error::Input("stacking an empty KV cache".into()));
                 };
@@ -65,8 +72,29 @@ impl KvCache {
             out.layers[l].append(&Tensor::cat(&ks, 0)?, &Tensor::cat(&vs, 0)?)?;
         }
         let pad = KeyInfo { pos: 0, seg: 0, valid: false };
-        out.keys = rows.iter().map(|c| std::iter::repeat_n(pad, s - c.len()).chain(c.keys[0].iter().copied()).collect()).collect();
+        out.keys = parts.iter().flat_map(|c| c.keys.iter().map(move |row| std::iter::repeat_n(pad, s - row.len()).chain(row.iter().copied()).collect())).collect();
         Ok(out)
+    }
+
+    /// Drop leading key columns that are padding in every row (left behind when the
+    /// longest rows leave a batch), so later steps stop attending over them.
+    pub fn trim_front(&mut self) -> Result<()> {
+        let lead = self.keys.iter().map(|r| r.iter().take_while(|k| !k.valid).count()).min().unwrap_or(0);
+        if lead == 0 {
+            return Ok(());
+        }
+        let s = self.len();
+        for layer in &mut self.layers {
+            let (Some(k), Some(v)) = (layer.k()?, layer.v()?) else { continue };
+            let (k, v) = (k.narrow(2, lead, s - lead)?.contiguous()?, v.narrow(2, lead, s - lead)?.contiguous()?);
+            let mut fresh = candle_nn::kv_cache::KvCache::new(2, layer.k_cache().max_seq_len());
+            fresh.append(&k, &v)?;
+            *layer = fresh;
+        }
+        self.keys.iter_mut().for_each(|r| {
+            r.drain(..lead);
+        });
+        Ok(())
     }
 
     /// Record the new tokens' key metadata (called once per forward, before the layers).

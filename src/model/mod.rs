@@ -160,8 +160,18 @@ impl CausalLm {
         on_workers(|| self.forward_here(batch, cache, which))
     }
 
+    /// [`Self::forward`] with the soft prompt `prefix` instead of the model's own (the
+    /// server runs rows of different prompt-tuning adapters through one base). Positions
+    /// in `batch` are the sequence's own; a prefix of `n` vectors shifts them by `n`.
+    pub fn forward_prefixed(&self, batch: &Batch, cache: Option<&mut KvCache>, which: LogitsFor, prefix: Option<&Tensor>) -> Result<Tensor> {
+        on_workers(|| self.logits_from(self.hidden_with(batch, cache, prefix)?, which))
+    }
+
     fn forward_here(&self, batch: &Batch, cache: Option<&mut KvCache>, which: LogitsFor) -> Result<Tensor> {
-        let h = self.hidden_states(batch, cache)?;
+        self.logits_from(self.hidden_states(batch, cache)?, which)
+    }
+
+    fn logits_from(&self, h: Tensor, which: LogitsFor) -> Result<Tensor> {
         let (b, t, d) = h.dims3()?;
         let h = match which {
             LogitsFor::All => h,
@@ -176,7 +186,11 @@ impl CausalLm {
 
     /// The last block's output, before the final norm: `(B, T, hidden)`.
     pub fn hidden_states(&self, batch: &Batch, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let n = self.prefix.as_ref().map_or(Ok(0), |p| p.dim(0))?;
+        self.hidden_with(batch, cache, self.prefix.as_ref())
+    }
+
+    fn hidden_with(&self, batch: &Batch, cache: Option<&mut KvCache>, prefix: Option<&Tensor>) -> Result<Tensor> {
+        let n = prefix.map_or(Ok(0), |p| p.dim(0))?;
         if n == 0 {
             return self.run_blocks(batch, cache, None);
         }
@@ -195,7 +209,7 @@ impl CausalLm {
             b.segments[r].splice(0..0, std::iter::repeat_n(seg, n));
             b.valid[r].splice(0..0, std::iter::repeat_n(true, n));
         }
-        let x = self.run_blocks(&b, cache, Some(n))?;
+        let x = self.run_blocks(&b, cache, prefix.map(|p| (n, p)))?;
         Ok(x.narrow(1, n, batch.dims().1)?)
     }
 
@@ -215,7 +229,7 @@ impl CausalLm {
     }
 
     /// Embed `batch` (its first `prefix` tokens replaced by the soft prompt) and run the blocks.
-    fn run_blocks(&self, batch: &Batch, cache: Option<&mut KvCache>, prefix: Option<usize>) -> Result<Tensor> {
+    fn run_blocks(&self, batch: &Batch, cache: Option<&mut KvCache>, prefix: Option<(usize, &Tensor)>) -> Result<Tensor> {
         batch.check()?;
         let (b, t) = batch.dims();
         let c = &self.config;
@@ -226,14 +240,14 @@ impl CausalLm {
         if let Some(&bad) = batch.tokens.iter().flatten().find(|&&t| t as usize >= c.vocab_size) {
             return Err(Error::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
         }
-        let mut x = match (prefix, &self.prefix) {
-            (Some(n), Some(p)) => {
+        let mut x = match prefix {
+            Some((n, p)) => {
                 let own: Vec<u32> = batch.tokens.iter().flat_map(|r| r[n..].iter().copied()).collect();
                 let ids = Tensor::from_vec(own, (b, t - n), &self.device)?;
                 let soft = p.unsqueeze(0)?.broadcast_as((b, n, c.hidden_size))?;
                 Tensor::cat(&[&soft, &self.embed(&ids)?], 1)?
             }
-            _ => self.embed(&Tensor::from_vec(batch.tokens.concat(), (b, t), &self.device)?)?,
+            None => self.embed(&Tensor::from_vec(batch.tokens.concat(), (b, t), &self.device)?)?,
         };
         // Without a cache (scoring, training) K and V are not stored: the cache's in-place
         // append would also cut the autograd graph.

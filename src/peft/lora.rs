@@ -109,6 +109,11 @@ impl Delta for LoraLayer {
 }
 
 impl LoraLayer {
+    /// `alpha / r` (or rsLoRA's `alpha / sqrt(r)`).
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
     /// Inverted dropout from a seeded generator (runs are reproducible).
     fn dropout_mask(&self, (n, k): (usize, usize)) -> Result<Tensor> {
         let keep = 1.0 - self.dropout;

@@ -1,0 +1,174 @@
+//! Many adapters on one base, chosen per batch row (as LoRAX and S-LoRA serve them).
+//!
+//! Every block projection carries one [`MultiLora`] delta holding each loaded LoRA
+//! adapter's `A`, `B` and scale. Before a forward pass the engine sets the *route*: the
+//! adapter of each batch row. The delta then groups the rows by adapter and adds
+//! `scale * B A x` to those rows only, so requests for different adapters (and the base)
+//! decode in the same batch. Prompt-tuning adapters are soft prompts, given to the one
+//! forward pass that prefills their request.
+use crate::model::linear::Delta;
+use crate::model::CausalLm;
+use crate::peft::{self, lora::Lora, prompt::PromptTuning};
+use crate::{Error, Result};
+use candle_core::Tensor;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// Which adapter slot each row of the next forward pass uses (None: the base).
+pub type Route = Arc<RwLock<Vec<Option<usize>>>>;
+
+#[derive(Debug, Clone)]
+struct Factors {
+    a_t: Tensor,
+    b_t: Tensor,
+    scale: f64,
+}
+
+/// The per-row LoRA delta of one projection.
+#[derive(Debug)]
+pub struct MultiLora {
+    slots: RwLock<Vec<Option<Factors>>>,
+    route: Route,
+}
+
+impl MultiLora {
+    fn groups(&self) -> Vec<(usize, Vec<u32>)> {
+        let slots = self.slots.read().expect("slots");
+        let mut by_slot: Vec<(usize, Vec<u32>)> = vec![];
+        for (row, s) in self.route.read().expect("route").iter().enumerate() {
+            let Some(s) = *s else { continue };
+            if slots.get(s).is_none_or(Option::is_none) {
+                continue;
+            }
+            match by_slot.iter_mut().find(|(k, _)| *k == s) {
+                Some((_, rows)) => rows.push(row as u32),
+                None => by_slot.push((s, vec![row as u32])),
+            }
+        }
+        by_slot
+    }
+}
+
+impl Delta for MultiLora {
+    fn enabled(&self) -> bool {
+        !self.groups().is_empty()
+    }
+
+    fn params(&self) -> Vec<Tensor> {
+        vec![]
+    }
+
+    fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let rows = self.route.read().expect("route").len();
+        if dims.len() != 3 || dims[0] != rows {
+            return Err(Error::Input(format!("adapter routing: input {dims:?} does not have the {rows} routed rows")));
+        }
+        let slots = self.slots.read().expect("slots");
+        let mut out: Option<Tensor> = None;
+        for (s, idx) in self.groups() {
+            let f = slots[s].as_ref().expect("grouped slots are loaded");
+            let ids = Tensor::new(idx.as_slice(), x.device())?;
+            let xs = x.index_select(&ids, 0)?;
+            let (n, t, k) = xs.dims3()?;
+            let y = (xs.reshape((n * t, k))?.matmul(&f.a_t)?.matmul(&f.b_t)? * f.scale)?;
+            let y = y.reshape((n, t, f.b_t.dim(1)?))?;
+            let base = match out {
+                Some(o) => o,
+                None => Tensor::zeros((dims[0], dims[1], f.b_t.dim(1)?), x.dtype(), x.device())?,
+            };
+            out = Some(base.index_add(&ids, &y, 0)?);
+        }
+        out.ok_or_else(|| Error::Input("adapter delta asked for with no adapter rows".into()))
+    }
+}
+
+/// What one served name is.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Lora { slot: usize },
+    Prompt { prefix: Tensor },
+}
+
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub name: String,
+    pub path: PathBuf,
+    pub kind: Kind,
+    /// Unix seconds when loaded.
+    pub created: u64,
+}
+
+/// The adapters loaded onto one base model.
+pub struct AdapterSet {
+    pub route: Route,
+    layers: HashMap<String, Arc<MultiLora>>,
+    pub served: Vec<Served>,
+    slots: usize,
+}
+
+impl AdapterSet {
+    /// Put a (still empty) per-row delta on every projection of `model`.
+    pub fn install(model: &mut CausalLm) -> Self {
+        let route: Route = Arc::new(RwLock::new(vec![]));
+        let mut layers = HashMap::new();
+        for p in model.projections_mut() {
+            let m = Arc::new(MultiLora { slots: RwLock::new(vec![]), route: route.clone() });
+            p.linear.adapter = Some(m.clone());
+            layers.insert(p.gguf, m);
+        }
+        AdapterSet { route, layers, served: vec![], slots: 0 }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Served> {
+        self.served.iter().find(|s| s.name == name)
+    }
+
+    /// Load a PEFT adapter directory (LoRA or prompt tuning) under `name`.
+    pub fn load(&mut self, model: &mut CausalLm, name: &str, dir: &Path) -> Result<&Served> {
+        if self.get(name).is_some() {
+            return Err(Error::Input(format!("an adapter named {name:?} is already loaded")));
+        }
+        let kind = match peft::peft_type(dir)?.as_str() {
+            "LORA" => self.load_lora(model, dir)?,
+            "PROMPT_TUNING" => {
+                let saved = model.prefix.take();
+                let loaded = PromptTuning::load(model, dir).map(|_| model.prefix.take());
+                model.prefix = saved;
+                Kind::Prompt { prefix: loaded?.ok_or_else(|| Error::file(dir, "prompt-tuning adapter without embeddings"))? }
+            }
+            other => return Err(Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: the server loads LORA and PROMPT_TUNING adapters"))),
+        };
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.served.push(Served { name: name.to_string(), path: dir.to_path_buf(), kind, created });
+        Ok(self.served.last().expect("just pushed"))
+    }
+
+    /// Load the LoRA through the ordinary loader (which checks it against the model),
+    /// move its factors into a new slot of every per-row delta, and put those back.
+    fn load_lora(&mut self, model: &mut CausalLm, dir: &Path) -> Result<Kind> {
+        let loaded = Lora::load(model, dir);
+        for p in model.projections_mut() {
+            p.linear.adapter = Some(self.layers[&p.gguf].clone());
+        }
+        let lora = loaded?;
+        let slot = self.slots;
+        for (_, l) in &lora.layers {
+            let f = Factors { a_t: l.a.as_tensor().detach().t()?.contiguous()?, b_t: l.b.as_tensor().detach().t()?.contiguous()?, scale: l.scale() };
+            let m = &self.layers[&l.gguf];
+            let mut slots = m.slots.write().expect("slots");
+            slots.resize(slot + 1, None);
+            slots[slot] = Some(f);
+        }
+        self.slots += 1;
+        Ok(Kind::Lora { slot })
+    }
+
+    /// Set the adapter slot of each row for the next forward pass.
+    pub fn set_route(&self, rows: &[Option<usize>]) {
+        let mut r = self.route.write().expect("route");
+        r.clear();
+        r.extend_from_slice(rows);
+    }
+}
