@@ -516,3 +516,18 @@ fn dataset_as_data() {
     let err = env.fails(&["data", "check", "hf://datasets/test-org/chat/nope.jsonl"], &[]);
     assert!(err.contains("nope.jsonl"), "{err}");
 }
+
+#[test]
+fn recipe_takes_hub_model_and_data() {
+    let data = File::new("train.jsonl", Arc::new(std::fs::read(common::fixture("data/messages.jsonl")).unwrap()));
+    let env = Env::new("recipe", vec![Repo::new("models", "test-org/tiny-llama", vec![exported().clone()]), Repo::new("datasets", "test-org/chat", vec![vec![data]])]);
+    let dir = env.home.join("work");
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = "name: hub\nmodel: test-org/tiny-llama\ndata: [{path: \"hf://datasets/test-org/chat\"}]\ntemplate: chatml\nval_fraction: 0\n\
+                  max_len: 64\nmethod: lora\nlora: {r: 2, alpha: 4, target_modules: [q_proj]}\nmax_steps: 1\nbatch_size: 1\n";
+    std::fs::write(dir.join("recipe.yaml"), recipe).unwrap();
+    let out = dir.join("run");
+    env.ok(&["--threads", "2", "sft", dir.join("recipe.yaml").to_str().unwrap(), "--set", &format!("output_dir={}", out.display())], &[]);
+    let saved = std::fs::read_to_string(out.join("recipe.yaml")).unwrap_or_default();
+    assert!(saved.contains("hf://datasets/test-org/chat"), "{saved}");
+}
