@@ -70,9 +70,12 @@ enum Cmd {
 /// Which model to load, shared by every command that runs one.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Registry id, .gguf file or Hugging Face model directory.
+    /// Registry id, .gguf file, Hugging Face model directory, or Hub repo org/name[@revision][:QUANT].
     #[arg(short, long, default_value = DEFAULT_MODEL)]
     pub model: String,
+    /// The .gguf file to take from a Hub repo with several (or write `-m org/name:Q4_K_M`).
+    #[arg(long)]
+    pub gguf_file: Option<String>,
     /// Dequantize GGUF weights to f32 (reference numerics; slower, more memory).
     #[arg(long)]
     pub dequantize: bool,
@@ -89,13 +92,13 @@ impl ModelArgs {
 
     /// The tokenizer alone (no weights loaded).
     pub fn load_tokenizer(&self) -> Result<(hub::ModelSource, Tokenizer)> {
-        let source = hub::resolve(&self.model, true)?;
+        let source = hub::resolve_with(&self.model, true, self.gguf_file.as_deref())?;
         let tok = Tokenizer::load(&source)?;
         Ok((source, tok))
     }
 
     pub fn load(&self) -> Result<(CausalLm, Tokenizer)> {
-        let source = hub::resolve(&self.model, true)?;
+        let source = hub::resolve_with(&self.model, true, self.gguf_file.as_deref())?;
         let opts = LoadOptions { dequantize: self.dequantize, ..Default::default() };
         let mut model = CausalLm::load(&source, &opts)?;
         if let Some(dir) = &self.adapter {

@@ -65,7 +65,9 @@ impl Side {
 
 fn key(file: &Path, tok: &Tokenizer, tmpl: &ChatTemplate, loss: LossOn, opts: &ReadOptions) -> Result<String> {
     let mut h = Sha256::new();
-    h.update(crate::hub::sha256_file(file)?.as_bytes());
+    for f in crate::hub::data_files(file)?.unwrap_or_else(|| vec![file.to_path_buf()]) {
+        h.update(crate::hub::sha256_file(&f)?.as_bytes());
+    }
     h.update(serde_json::to_vec(&tok.json).expect("json"));
     h.update([u8::from(tok.add_bos)]);
     // Rendering v2: BOS is prepended when the template does not write it.

@@ -98,6 +98,9 @@ impl Mixture {
 
 /// Files a source names, relative to `base` (the mixture file's directory).
 fn expand(pattern: &str, base: &Path) -> Result<Vec<PathBuf>> {
+    if crate::hub::is_hub_data(Path::new(pattern)) {
+        return Ok(vec![PathBuf::from(pattern)]);
+    }
     let p = base.join(pattern);
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
     if !name.contains('*') {
@@ -120,7 +123,8 @@ fn expand(pattern: &str, base: &Path) -> Result<Vec<PathBuf>> {
 fn excluded_ids(files: &[String], base: &Path) -> Result<HashSet<String>> {
     let mut ids = HashSet::new();
     for f in files {
-        for (_, v) in super::read::values(&base.join(f))? {
+        let path = if crate::hub::is_hub_data(Path::new(f)) { PathBuf::from(f) } else { base.join(f) };
+        for (_, v) in super::read::values(&path)? {
             if let Some(id) = v.ok().and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string)) {
                 ids.insert(id);
             }

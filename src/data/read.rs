@@ -30,7 +30,15 @@ type Item = (Origin, std::result::Result<Value, Problem>);
 
 /// Raw JSON values of a file with their origins (problems for unparsable ones): JSONL
 /// (plain or gzipped) line by line, JSON and Parquet files whole.
+/// An `hf://datasets/...` path reads the dataset's files one after the other.
 pub fn values(path: &Path) -> Result<Box<dyn Iterator<Item = Item>>> {
+    if let Some(files) = crate::hub::data_files(path)? {
+        let mut all: Box<dyn Iterator<Item = Item>> = Box::new(std::iter::empty());
+        for f in files {
+            all = Box::new(all.chain(values(&f)?));
+        }
+        return Ok(all);
+    }
     let file = std::fs::File::open(path).map_err(|e| Error::file(path, e.to_string()))?;
     let mut reader: Box<dyn Read> = Box::new(file);
     let name = path.to_string_lossy().to_string();

@@ -217,7 +217,7 @@ impl Recipe {
         apply_aliases(&mut doc).map_err(|e| Error::file(path, e))?;
         let mut r: Recipe = serde_yaml::from_value(doc).map_err(|e| Error::file(path, did_you_mean(&e.to_string())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for d in r.data.iter_mut().chain(r.val_data.iter_mut()) {
+        for d in r.data.iter_mut().chain(r.val_data.iter_mut()).filter(|d| !crate::hub::is_hub_data(&d.path)) {
             if d.path.is_relative() {
                 d.path = base.join(&d.path);
             }
@@ -272,7 +272,9 @@ impl Recipe {
             return Err(format!("name: {:?} must be a plain, non-empty name", self.name));
         }
         for d in self.data.iter().chain(&self.val_data) {
-            if !d.path.exists() {
+            if crate::hub::is_hub_data(&d.path) {
+                crate::hub::data_files(&d.path).map_err(|e| format!("data: {e}"))?;
+            } else if !d.path.exists() {
                 return Err(format!("data: {} does not exist", d.path.display()));
             }
         }

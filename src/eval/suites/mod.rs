@@ -42,12 +42,15 @@ pub trait Suite {
 }
 
 /// Lines of a JSONL file as JSON values, each with its 1-based line number.
+/// An `hf://datasets/...` path reads the dataset's files one after the other.
 pub fn jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
     let mut out = vec![];
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v = serde_json::from_str(line).map_err(|e| Error::file(path, format!("line {}: invalid JSON: {e}", i + 1)))?;
-        out.push((i + 1, v));
+    for path in crate::hub::data_files(path)?.unwrap_or_else(|| vec![path.to_path_buf()]) {
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e.to_string()))?;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v = serde_json::from_str(line).map_err(|e| Error::file(&path, format!("line {}: invalid JSON: {e}", i + 1)))?;
+            out.push((i + 1, v));
+        }
     }
     Ok(out)
 }
