@@ -86,8 +86,8 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     /// A model with no adapter.
-    pub fn named(model: &str, dequantize: bool) -> Self {
-        ModelArgs { model: model.to_string(), dequantize, adapter: None }
+    pub fn named(model: &str, dequantize: bool, gguf_file: Option<String>) -> Self {
+        ModelArgs { model: model.to_string(), gguf_file, dequantize, adapter: None }
     }
 
     /// The tokenizer alone (no weights loaded).

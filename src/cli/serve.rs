@@ -9,6 +9,9 @@ pub struct ServeArgs {
     /// Registry id, .gguf file or Hugging Face model directory.
     #[arg(short, long, default_value = instill::hub::DEFAULT_MODEL)]
     model: String,
+    /// The .gguf file to take from a Hub repo with several (or write `-m org/name:Q4_K_M`).
+    #[arg(long)]
+    gguf_file: Option<String>,
     /// Dequantize GGUF weights to f32 (reference numerics; slower, more memory).
     #[arg(long)]
     dequantize: bool,
@@ -59,7 +62,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         }
         adapters.push((name, dir));
     }
-    let (model, tok) = ModelArgs::named(&a.model, a.dequantize).load()?;
+    let (model, tok) = ModelArgs::named(&a.model, a.dequantize, a.gguf_file.clone()).load()?;
     let template = match (&a.template, &tok.chat_template) {
         (None, None) => {
             eprintln!("note: this model has no chat template: /v1/chat/completions answers 400 (pass --template), /v1/completions works");
