@@ -63,7 +63,11 @@ impl Attention {
     }
 
     /// `x (B, T, hidden)`; `mask (B, 1, T, S)` or None; the cache grows by `T`.
-    pub fn forward(&self, x: &Tensor, rope: &RopeTable, mask: Option<&Tensor>, cache: Option<&mut candle_nn::kv_cache::KvCache>) -> Result<Tensor> {
+    /// `starts`: for one-token decode steps, each row's first real key; attention then
+    /// runs row by row over the real keys only, so a row computes exactly what it would
+    /// alone, whatever padding the others' lengths put in the batch (the server's
+    /// batch-invariant decoding).
+    pub fn forward(&self, x: &Tensor, rope: &RopeTable, mask: Option<&Tensor>, cache: Option<&mut candle_nn::kv_cache::KvCache>, starts: Option<&[usize]>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let q = rope.apply(&self.heads_first(&self.q.forward(x)?, self.heads, &self.q_norm)?, self.rope_style)?;
         let k = rope.apply(&self.heads_first(&self.k.forward(x)?, self.kv_heads, &self.k_norm)?, self.rope_style)?;
@@ -76,15 +80,35 @@ impl Attention {
         // heads into the row dimension, (B, H, T, D) -> (B, KV, R*T, D).
         let rep = self.heads / self.kv_heads;
         let q = (q.reshape((b, self.kv_heads, rep * t, self.head_dim))? * self.scale)?;
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let p = match mask {
-            Some(m) => super::ops::masked_softmax(&scores, m)?,
-            None => super::ops::softmax_last_dim(&scores)?,
-        };
-        let y = p.matmul(&v.contiguous()?)?; // (B, KV, R*T, D)
+        let y = match starts {
+            Some(st) if t == 1 => {
+                let mut rows = Vec::with_capacity(b);
+                for (r, &s0) in st.iter().enumerate() {
+                    let n = k.dim(2)? - s0;
+                    let (kr, vr) = (k.narrow(0, r, 1)?.narrow(2, s0, n)?.contiguous()?, v.narrow(0, r, 1)?.narrow(2, s0, n)?.contiguous()?);
+                    let mr = match mask {
+                        Some(m) => Some(m.narrow(0, r, 1)?.narrow(3, s0, n)?.contiguous()?),
+                        None => None,
+                    };
+                    rows.push(attend(&q.narrow(0, r, 1)?.contiguous()?, &kr, &vr, mr.as_ref())?);
+                }
+                Tensor::cat(&rows, 0)?
+            }
+            _ => attend(&q, &k, &v.contiguous()?, mask)?,
+        }; // (B, KV, R*T, D)
         let y = y.reshape((b, self.heads, t, self.head_dim))?.transpose(1, 2)?;
         self.o.forward(&y.reshape((b, t, self.heads * self.head_dim))?)
     }
+}
+
+/// `softmax(q k^T + mask) v` for `q (B, KV, R*T, D)`.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+    let p = match mask {
+        Some(m) => super::ops::masked_softmax(&scores, m)?,
+        None => super::ops::softmax_last_dim(&scores)?,
+    };
+    Ok(p.matmul(v)?)
 }
 
 #[derive(Debug, Clone)]
@@ -99,8 +123,8 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn forward(&self, x: &Tensor, rope: &RopeTable, mask: Option<&Tensor>, cache: Option<&mut candle_nn::kv_cache::KvCache>) -> Result<Tensor> {
-        let h = self.attn.forward(&self.attn_norm.forward(x)?, rope, mask, cache)?;
+    pub fn forward(&self, x: &Tensor, rope: &RopeTable, mask: Option<&Tensor>, cache: Option<&mut candle_nn::kv_cache::KvCache>, starts: Option<&[usize]>) -> Result<Tensor> {
+        let h = self.attn.forward(&self.attn_norm.forward(x)?, rope, mask, cache, starts)?;
         let h = maybe_norm(&self.post_attn_norm, h)?;
         let x = (x + h)?;
         let h = self.mlp.forward(&self.mlp_norm.forward(&x)?)?;

@@ -16,11 +16,15 @@ pub struct KvCache {
     pub layers: Vec<candle_nn::kv_cache::KvCache>,
     /// `B` rows of key metadata, aligned with the cached keys.
     pub keys: Vec<Vec<KeyInfo>>,
+    /// Decode steps attend row by row over each row's real keys, which must be a suffix
+    /// of its keys (left padding only): a row's numbers then do not depend on the
+    /// padding other rows bring (see `Attention::forward`). The server sets it.
+    pub per_row: bool,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: (0..num_layers).map(|_| candle_nn::kv_cache::KvCache::new(2, 256)).collect(), keys: vec![] }
+        KvCache { layers: (0..num_layers).map(|_| candle_nn::kv_cache::KvCache::new(2, 256)).collect(), keys: vec![], per_row: false }
     }
 
     pub fn len(&self) -> usize {
@@ -60,6 +64,7 @@ impl KvCache {
         let s = parts.iter().map(|c| c.len()).max().unwrap_or(0);
         let n_layers = parts.first().map_or(0, |c| c.layers.len());
         let mut out = KvCache::new(n_layers);
+        out.per_row = parts.iter().any(|c| c.per_row);
         for l in 0..n_layers {
             let (mut ks, mut vs) = (vec![], vec![]);
             for c in parts {

@@ -261,6 +261,8 @@ impl CausalLm {
             }
         };
         cache.push_keys(batch);
+        // Batch-invariant decoding: each row attends over its own real keys (a suffix).
+        let starts: Option<Vec<usize>> = (cache.per_row && t == 1).then(|| cache.keys.iter().map(|r| r.iter().take_while(|k| !k.valid).count()).collect());
         let global_rope = RopeTable::new(&batch.positions, c.head_dim, c.rope_theta, &self.device)?;
         let local_rope = match c.rope_local_theta {
             Some(th) if c.sliding_window.is_some() => Some(RopeTable::new(&batch.positions, c.head_dim, th, &self.device)?),
@@ -281,7 +283,7 @@ impl CausalLm {
                 }
                 recompute::block_forward(blk, &x, rope, mask)?
             } else {
-                blk.forward(&x, rope, mask, if keep_kv { Some(kv) } else { None })?
+                blk.forward(&x, rope, mask, if keep_kv { Some(kv) } else { None }, starts.as_deref())?
             };
         }
         Ok(x)

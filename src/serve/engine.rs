@@ -242,7 +242,11 @@ impl Engine {
     fn prefill_chunk(&mut self, row: &mut Row) -> Result<Step> {
         let (chunk, start, last) = row.next_chunk(self.cfg.prefill_chunk);
         self.set.set_route(&[row.slot]);
-        let cache = row.own.get_or_insert_with(|| self.model.new_cache());
+        let cache = row.own.get_or_insert_with(|| {
+            let mut c = self.model.new_cache();
+            c.per_row = true;
+            c
+        });
         let logits = self.model.forward_prefixed(&Batch::single(&chunk, start), Some(cache), LogitsFor::Last, row.prefix.as_ref())?;
         self.metrics.prompt_tokens.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         if !last {
