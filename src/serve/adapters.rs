@@ -23,6 +23,22 @@ struct Factors {
     a_t: Tensor,
     b_t: Tensor,
     scale: f64,
+    /// A `(r, in)` and B `(out, r)` row-major, for decode steps (see [`rowwise`]).
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+/// `scale * B A x` for one token, in a fixed order: a row's delta is then the same bits
+/// however many rows share its adapter in a step (a GEMM's blocking would depend on the
+/// row count). Ranks are small, so this is a few thousand multiply-adds per row.
+fn rowwise(f: &Factors, x: &[f32], out: &mut [f32]) {
+    let k = x.len();
+    let r = f.a.len() / k;
+    let h: Vec<f32> = (0..r).map(|j| f.a[j * k..(j + 1) * k].iter().zip(x).map(|(a, x)| a * x).sum()).collect();
+    for (o, y) in out.iter_mut().enumerate() {
+        let s: f32 = f.b[o * r..(o + 1) * r].iter().zip(&h).map(|(b, h)| b * h).sum();
+        *y = (s as f64 * f.scale) as f32;
+    }
 }
 
 /// The per-row LoRA delta of one projection.
@@ -66,6 +82,9 @@ impl Delta for MultiLora {
             return Err(Error::Input(format!("adapter routing: input {dims:?} does not have the {rows} routed rows")));
         }
         let slots = self.slots.read().expect("slots");
+        if dims[1] == 1 {
+            return self.decode_delta(x, &slots);
+        }
         let mut out: Option<Tensor> = None;
         for (s, idx) in self.groups() {
             let f = slots[s].as_ref().expect("grouped slots are loaded");
@@ -81,6 +100,28 @@ impl Delta for MultiLora {
             out = Some(base.index_add(&ids, &y, 0)?);
         }
         out.ok_or_else(|| Error::Input("adapter delta asked for with no adapter rows".into()))
+    }
+}
+
+impl MultiLora {
+    /// One token per row: every adapter row through [`rowwise`], the base rows zero.
+    fn decode_delta(&self, x: &Tensor, slots: &[Option<Factors>]) -> Result<Tensor> {
+        let (rows, _, k) = x.dims3()?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut n_out = 0;
+        let mut out = vec![];
+        for (s, idx) in self.groups() {
+            let f = slots[s].as_ref().expect("grouped slots are loaded");
+            if out.is_empty() {
+                n_out = f.b.len() / (f.a.len() / k);
+                out = vec![0f32; rows * n_out];
+            }
+            for &r in &idx {
+                let r = r as usize;
+                rowwise(f, &xs[r * k..(r + 1) * k], &mut out[r * n_out..(r + 1) * n_out]);
+            }
+        }
+        Ok(Tensor::from_vec(out, (rows, 1, n_out), x.device())?)
     }
 }
 
@@ -155,7 +196,8 @@ impl AdapterSet {
         let lora = loaded?;
         let slot = self.slots;
         for (_, l) in &lora.layers {
-            let f = Factors { a_t: l.a.as_tensor().detach().t()?.contiguous()?, b_t: l.b.as_tensor().detach().t()?.contiguous()?, scale: l.scale() };
+            let (a, b) = (l.a.as_tensor().detach(), l.b.as_tensor().detach());
+            let f = Factors { a_t: a.t()?.contiguous()?, b_t: b.t()?.contiguous()?, scale: l.scale(), a: a.flatten_all()?.to_vec1()?, b: b.flatten_all()?.to_vec1()? };
             let m = &self.layers[&l.gguf];
             let mut slots = m.slots.write().expect("slots");
             slots.resize(slot + 1, None);
