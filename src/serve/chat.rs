@@ -27,7 +27,8 @@ async fn handle(s: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Res
         (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true")),
         (false, None) => None,
     };
-    let c = common(&f, top, &s.tok)?;
+    let mut c = common(&f, top, &s.tok)?;
+    c.params.keep_special = spec.parse;
     let template = s
         .template
         .as_ref()
@@ -115,7 +116,7 @@ fn logprobs_field(lps: &[TokenLogprob], asked: bool) -> Value {
 fn choice_json(i: usize, ch: Choice, spec: &ToolSpec, asked: bool) -> Value {
     let lp = logprobs_field(&ch.logprobs, asked);
     if spec.parse {
-        let (content, calls) = tools::parse(&format!("{}{}", spec.forced, ch.text));
+        let (content, calls) = tools::parse(&format!("{}{}", spec.forced, ch.text), &spec.tools);
         if !calls.is_empty() {
             let calls: Vec<Value> = calls.iter().map(|c| c.json(None)).collect();
             return json!({"index": i, "message": {"role": "assistant", "content": content, "tool_calls": calls}, "logprobs": lp, "finish_reason": "tool_calls"});
@@ -159,7 +160,7 @@ impl ChatChunker {
         let mut out = vec![];
         let st = &mut self.state[choice];
         let full = format!("{}{}", self.spec.forced, st.text);
-        let (_, calls) = if self.spec.parse { tools::parse(&full) } else { (None, vec![]) };
+        let (_, calls) = if self.spec.parse { tools::parse(&full, &self.spec.tools) } else { (None, vec![]) };
         let rest = st.text[st.sent..].to_string();
         st.sent = st.text.len();
         if calls.is_empty() {

@@ -175,6 +175,7 @@ pub fn common(f: &Fields, logprobs: Option<usize>, tok: &crate::Tokenizer) -> Re
         logprobs,
         n: f.int("n", 1, 16)?.unwrap_or(1) as usize,
         ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
+        keep_special: false,
     };
     Ok(Common { model, stream: f.bool("stream")?.unwrap_or(false), include_usage, max_tokens: max_tokens.map(|m| m as usize), params })
 }

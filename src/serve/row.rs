@@ -26,6 +26,9 @@ pub struct JobParams {
     pub logprobs: Option<usize>,
     pub n: usize,
     pub ignore_eos: bool,
+    /// Keep special tokens in the text (tool-call markers such as Qwen's `<tool_call>`
+    /// are special tokens that would otherwise be dropped).
+    pub keep_special: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +181,7 @@ impl Row {
 
     /// Decode the tokens so far; cut at the first stop string.
     fn add_text(&mut self, tok: &Tokenizer) -> Result<Option<Finish>> {
-        let text = tok.decode(&self.tokens, true)?;
+        let text = tok.decode(&self.tokens, !self.job.params.keep_special)?;
         // Text ending inside a multi-byte character waits for the next token.
         let text = text.strip_suffix('\u{FFFD}').map_or(text.clone(), str::to_string);
         let from = self.sent.saturating_sub(self.job.params.stop.iter().map(String::len).max().unwrap_or(0));

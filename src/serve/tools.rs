@@ -127,21 +127,40 @@ impl ToolCall {
     }
 }
 
-/// Split generated text into content and tool calls. When any block fails to parse,
-/// nothing is a call (the text stays content).
-pub fn parse(text: &str) -> (Option<String>, Vec<ToolCall>) {
+fn call_from(v: &Value) -> Option<ToolCall> {
+    let name = v["name"].as_str()?;
+    let arguments = match &v["arguments"] {
+        Value::String(s) => s.clone(),
+        Value::Null => "{}".to_string(),
+        a => a.to_string(),
+    };
+    Some(ToolCall { id: format!("call_{:024x}", rand::random::<u128>() >> 32), name: name.to_string(), arguments })
+}
+
+/// Split generated text into content and tool calls: `<tool_call>` blocks, or (small
+/// models often drop the markers) a whole output that is a JSON call, or a list of
+/// them, naming one of `tools`. When any block fails to parse, nothing is a call.
+pub fn parse(text: &str, tools: &[Value]) -> (Option<String>, Vec<ToolCall>) {
     static RE: OnceLock<Regex> = OnceLock::new();
     let re = RE.get_or_init(|| Regex::new(r"(?s)<tool_call>\s*(.*?)\s*(?:</tool_call>|$)").expect("regex"));
     let mut calls = vec![];
     for cap in re.captures_iter(text) {
-        let Ok(v) = serde_json::from_str::<Value>(&cap[1]) else { return (Some(text.to_string()), vec![]) };
-        let Some(name) = v["name"].as_str() else { return (Some(text.to_string()), vec![]) };
-        let arguments = match &v["arguments"] {
-            Value::String(s) => s.clone(),
-            Value::Null => "{}".to_string(),
-            a => a.to_string(),
+        match serde_json::from_str::<Value>(&cap[1]).ok().as_ref().and_then(call_from) {
+            Some(c) => calls.push(c),
+            None => return (Some(text.to_string()), vec![]),
+        }
+    }
+    if calls.is_empty() {
+        let known = |c: &ToolCall| tools.iter().any(|t| t["function"]["name"] == c.name.as_str());
+        let bare: Vec<ToolCall> = match serde_json::from_str::<Value>(text.trim()) {
+            Ok(Value::Array(a)) => a.iter().filter_map(call_from).collect(),
+            Ok(v @ Value::Object(_)) => call_from(&v).into_iter().collect(),
+            _ => vec![],
         };
-        calls.push(ToolCall { id: format!("call_{:024x}", rand::random::<u128>() >> 32), name: name.to_string(), arguments });
+        if !bare.is_empty() && bare.iter().all(known) {
+            return (None, bare);
+        }
+        return (Some(text.to_string()), vec![]);
     }
     let content = re.replace_all(text, "").trim().to_string();
     (if content.is_empty() { None } else { Some(content) }, calls)
@@ -150,6 +169,10 @@ pub fn parse(text: &str) -> (Option<String>, Vec<ToolCall>) {
 /// How much of `text` can be streamed as content while tool calls are being parsed:
 /// everything before a `<tool_call>` (or before a suffix that may start one).
 pub fn streamable(text: &str) -> usize {
+    // An output that starts like JSON may be a call without markers: wait for the end.
+    if text.trim_start().is_empty() || text.trim_start().starts_with(['{', '[']) {
+        return 0;
+    }
     if let Some(i) = text.find(OPEN) {
         return i;
     }
@@ -167,15 +190,19 @@ mod tests {
 
     #[test]
     fn parses_qwen_calls_and_keeps_bad_ones_as_text() {
-        let (c, calls) = parse("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>");
+        let tools = [json!({"type": "function", "function": {"name": "get_weather"}})];
+        let (c, calls) = parse("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>", &tools);
         assert_eq!(c, None);
         assert_eq!(calls[0].name, "get_weather");
         assert_eq!(calls[0].arguments, "{\"city\":\"Paris\"}");
-        let (c, calls) = parse("Sure. <tool_call>{not json}</tool_call>");
+        let (c, calls) = parse("Sure. <tool_call>{not json}</tool_call>", &tools);
         assert!(calls.is_empty());
         assert_eq!(c.as_deref(), Some("Sure. <tool_call>{not json}</tool_call>"));
         // An unterminated call at the end of the output still counts.
-        assert_eq!(parse("<tool_call>{\"name\": \"f\", \"arguments\": {}}").1.len(), 1);
+        assert_eq!(parse("<tool_call>{\"name\": \"f\", \"arguments\": {}}", &tools).1.len(), 1);
+        // Without markers: only a call to a known tool counts.
+        assert_eq!(parse(" {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}", &tools).1.len(), 1);
+        assert!(parse("{\"name\": \"other\", \"arguments\": {}}", &tools).1.is_empty());
         assert_eq!(streamable("Hello <tool"), 6);
         assert_eq!(streamable("Hi <tool_call>{"), 3);
         assert_eq!(streamable("Hi"), 2);
