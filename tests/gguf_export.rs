@@ -15,7 +15,7 @@ use instill::{CausalLm, LoadOptions, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PROMPT: &str = "The three primary colors are";
+const PROMPT: &str = "Name the three primary colors and say one thing about each.";
 const N: usize = 32;
 
 fn python() -> PathBuf {
@@ -40,8 +40,11 @@ fn load(s: &ModelSource) -> (CausalLm, Tokenizer) {
     (CausalLm::load(s, &LoadOptions::default()).unwrap(), Tokenizer::load(s).unwrap())
 }
 
+/// The prompt as a chat turn in the model's own template (gemma3-270m's GGUF has none:
+/// Gemma's turns).
 fn prompt_ids(tok: &Tokenizer) -> Vec<u32> {
-    tok.encode(PROMPT, true).unwrap()
+    let template = if tok.chat_template.is_some() { None } else { Some("gemma") };
+    tok.encode_chat(template, &[serde_json::json!({"role": "user", "content": PROMPT})]).unwrap()
 }
 
 /// instill's greedy tokens (no stop on EOS, like the llama.cpp loop).
