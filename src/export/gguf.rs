@@ -123,12 +123,20 @@ fn header(metadata: &[(String, Value)], tensors: &[TensorInfo]) -> Result<Vec<u8
     Ok(w)
 }
 
-/// Write a GGUF file atomically (a temp file renamed into place). `data(i)` gives the
-/// bytes of tensor `i`, so only one tensor is held encoded at a time.
-pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[TensorInfo], mut data: impl FnMut(usize) -> Result<Vec<u8>>) -> Result<()> {
+/// Write a GGUF file atomically (a temp file renamed into place; removed on failure).
+/// `data(i)` gives the bytes of tensor `i`, so only one tensor is held encoded at a time.
+pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[TensorInfo], data: impl FnMut(usize) -> Result<Vec<u8>>) -> Result<()> {
     let tmp = path.with_extension(format!("partial.{}", std::process::id()));
-    let io = |e: std::io::Error| Error::file(&tmp, e.to_string());
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+    let result = write_to(&tmp, metadata, tensors, data).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e.to_string())));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_to(tmp: &Path, metadata: &[(String, Value)], tensors: &[TensorInfo], mut data: impl FnMut(usize) -> Result<Vec<u8>>) -> Result<()> {
+    let io = |e: std::io::Error| Error::file(tmp, e.to_string());
+    let mut f = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(io)?);
     f.write_all(&header(metadata, tensors)?).map_err(io)?;
     for (i, t) in tensors.iter().enumerate() {
         let bytes = data(i)?;
@@ -138,7 +146,5 @@ pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[TensorInfo], 
         f.write_all(&bytes).map_err(io)?;
         f.write_all(&vec![0u8; pad(bytes.len())]).map_err(io)?;
     }
-    f.into_inner().map_err(|e| Error::file(&tmp, e.to_string()))?.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e.to_string()))?;
-    Ok(())
+    f.into_inner().map_err(|e| Error::file(tmp, e.to_string()))?.sync_all().map_err(io)
 }

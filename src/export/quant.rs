@@ -201,6 +201,9 @@ pub fn choose_types(quant: Quant, tensors: &[(String, Vec<usize>)], n_layer: usi
     out
 }
 
+/// Quantizes one block of values into its bytes.
+type BlockFn = fn(&[f32], &mut [u8]);
+
 /// The bytes of `t` (f32, any shape) in GGML type `ty`, rows of the last dimension.
 pub fn encode(t: &Tensor, ty: TensorType) -> Result<Vec<u8>> {
     let t = t.to_dtype(candle_core::DType::F32)?.contiguous()?;
@@ -208,7 +211,7 @@ pub fn encode(t: &Tensor, ty: TensorType) -> Result<Vec<u8>> {
         return Ok(QTensor::quantize(&t, dt)?.data()?.into_owned());
     }
     let xs: Vec<f32> = t.flatten_all()?.to_vec1()?;
-    let (block, bytes, f): (usize, usize, fn(&[f32], &mut [u8])) = match ty {
+    let (block, bytes, f): (usize, usize, BlockFn) = match ty {
         TensorType::F32 => return Ok(xs.iter().flat_map(|v| v.to_le_bytes()).collect()),
         TensorType::Q4K => (QK_K, kquants::Q4K_BYTES, kquants::q4_k_block),
         TensorType::Q6K => (QK_K, kquants::Q6K_BYTES, kquants::q6_k_block),
