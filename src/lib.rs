@@ -7,6 +7,7 @@ pub mod data;
 pub mod decode;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod hub;
 pub mod model;
 pub mod peft;

@@ -48,7 +48,7 @@ enum Cmd {
     Train(train::TrainArgs),
     /// Supervised fine-tuning from a recipe (`instill train` with `objective: sft`).
     Sft(train::TrainArgs),
-    /// Write a model as a Hugging Face directory (config.json, safetensors, tokenizer).
+    /// Write a model as a Hugging Face directory, or a GGUF file (--gguf, --gguf-adapter) for llama.cpp and ollama.
     Export(export::ExportArgs),
     /// Evaluate a model (with an adapter) on SuperNI, GSM8K or any JSONL; compare reports.
     #[command(subcommand)]
