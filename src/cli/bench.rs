@@ -18,6 +18,8 @@ pub enum BenchCmd {
     Eval(super::bench_eval::EvalBench),
     /// DPO tokens/s and peak memory against TRL's DPOTrainer and a PyTorch + PEFT loop.
     Dpo(super::bench_dpo::DpoBench),
+    /// Server output tokens/s and time to first token at several concurrencies against llama.cpp's server.
+    Serve(super::bench_serve::ServeBench),
 }
 
 #[derive(Args)]
@@ -45,6 +47,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
         BenchCmd::Train(t) => return super::bench_train::run(t),
         BenchCmd::Dpo(t) => return super::bench_dpo::run(t),
         BenchCmd::Eval(e) => return super::bench_eval::run(e),
+        BenchCmd::Serve(s) => return super::bench_serve::run(s),
     };
     let threads = rayon::current_num_threads();
     let bw = memory_read_bandwidth(threads);
