@@ -53,7 +53,7 @@ fn sixty_four_concurrent_streams_over_four_adapters_match_sequential() {
                 let (server, models) = (&server, &models);
                 s.spawn(move || {
                     let chunks = server.stream("/v1/chat/completions", &body(i, models));
-                    let finish = chunks.iter().filter_map(|c| c["choices"][0]["finish_reason"].as_str()).last().unwrap_or("").to_string();
+                    let finish = chunks.iter().rev().find_map(|c| c["choices"][0]["finish_reason"].as_str()).unwrap_or("").to_string();
                     (streamed_text(&chunks), finish)
                 })
             })

@@ -86,7 +86,8 @@ fn start_llama(bin: &str, path: &str, slots: usize, threads: usize) -> Result<(P
     let port = free_port()?;
     let ctx = (slots * 1024).to_string();
     let args = ["-m", path, "--port", &port.to_string(), "-np", &slots.to_string(), "-c", &ctx, "-t", &threads.to_string(), "-tb", &threads.to_string(), "--no-webui", "-cb"];
-    let mut p = Proc(Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {bin} (set --llama-server or INSTILL_LLAMA_SERVER, or `none`)"))?);
+    let mut p =
+        Proc(Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {bin} (set --llama-server or INSTILL_LLAMA_SERVER, or `none`)"))?);
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&base, &mut p)?;
     Ok((p, base))
@@ -189,6 +190,13 @@ fn adapter_cost(path: &str, dir: &std::path::Path, c: usize, rounds: usize, max_
     let (_p, base) = start_instill(path, &specs, c)?;
     let plain = load(&base, &["base"], c, rounds, max_tokens)?;
     let mixed = load(&base, &["a0", "a1", "a2", "a3"], c, rounds, max_tokens)?;
-    println!("\nadapters at concurrency {c}: base alone {:.1} tok/s (TTFT p50 {:.2} s); four LoRA adapters in one batch {:.1} tok/s (TTFT p50 {:.2} s): {:.2}x the base", plain.tok_s, pct(&plain.ttft, 0.5), mixed.tok_s, pct(&mixed.ttft, 0.5), mixed.tok_s / plain.tok_s);
+    println!(
+        "\nadapters at concurrency {c}: base alone {:.1} tok/s (TTFT p50 {:.2} s); four LoRA adapters in one batch {:.1} tok/s (TTFT p50 {:.2} s): {:.2}x the base",
+        plain.tok_s,
+        pct(&plain.ttft, 0.5),
+        mixed.tok_s,
+        pct(&mixed.ttft, 0.5),
+        mixed.tok_s / plain.tok_s
+    );
     Ok(())
 }
