@@ -26,6 +26,9 @@ pub struct ServeBench {
     /// llama.cpp's server binary; `none` skips the peer.
     #[arg(long, env = "INSTILL_LLAMA_SERVER", default_value = "llama-server")]
     llama_server: String,
+    /// Extra arguments for llama-server (e.g. `--llama-arg=--no-repack` where its AMX kernels crash).
+    #[arg(long = "llama-arg", allow_hyphen_values = true)]
+    llama_args: Vec<String>,
     /// A LoRA adapter directory (PEFT) served four times over, for the adapter cost.
     #[arg(long)]
     adapter: Option<std::path::PathBuf>,
@@ -82,12 +85,19 @@ fn start_instill(path: &str, adapters: &[String], max_batch: usize) -> Result<(P
     Ok((p, base))
 }
 
-fn start_llama(bin: &str, path: &str, slots: usize, threads: usize) -> Result<(Proc, String)> {
+fn start_llama(bin: &str, path: &str, slots: usize, threads: usize, extra: &[String]) -> Result<(Proc, String)> {
     let port = free_port()?;
     let ctx = (slots * 1024).to_string();
     let args = ["-m", path, "--port", &port.to_string(), "-np", &slots.to_string(), "-c", &ctx, "-t", &threads.to_string(), "-tb", &threads.to_string(), "--no-webui", "-cb"];
-    let mut p =
-        Proc(Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {bin} (set --llama-server or INSTILL_LLAMA_SERVER, or `none`)"))?);
+    let mut p = Proc(
+        Command::new(bin)
+            .args(args)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {bin} (set --llama-server or INSTILL_LLAMA_SERVER, or `none`)"))?,
+    );
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&base, &mut p)?;
     Ok((p, base))
@@ -154,11 +164,11 @@ pub fn run(a: ServeBench) -> Result<()> {
     let path = path.display().to_string();
     let threads = rayon::current_num_threads();
     let slots = a.concurrency.iter().copied().max().unwrap_or(1);
-    println!("model {} ({path}); {threads} threads; {} tokens per response; {} requests per client", a.model, a.max_tokens, a.rounds);
+    println!("model {} ({path}); {threads} threads; {} tokens per response; {} requests per client; llama-server {} {}", a.model, a.max_tokens, a.rounds, a.llama_server, a.llama_args.join(" "));
     println!("| concurrency | instill tok/s | llama.cpp tok/s | ratio | instill TTFT p50 / p99 s | llama.cpp TTFT p50 / p99 s |");
     println!("|---|---|---|---|---|---|");
     let (ours, ob) = start_instill(&path, &[], slots)?;
-    let peer = if a.llama_server == "none" { None } else { Some(start_llama(&a.llama_server, &path, slots, threads)?) };
+    let peer = if a.llama_server == "none" { None } else { Some(start_llama(&a.llama_server, &path, slots, threads, &a.llama_args)?) };
     for &c in &a.concurrency {
         let x = load(&ob, &["base"], c, a.rounds, a.max_tokens)?;
         let y = match &peer {

@@ -91,6 +91,8 @@ impl EngineHandle {
 
 /// Start the engine thread. `queue` bounds the requests waiting to start.
 pub fn spawn(mut model: CausalLm, tok: Arc<Tokenizer>, base_name: &str, adapters: &[(String, PathBuf)], cfg: EngineConfig, queue: usize, metrics: Arc<Metrics>) -> Result<EngineHandle> {
+    // A row's numbers must not depend on its batch: one quantized kernel for any row count.
+    crate::model::kernels::qgemv::set_uniform_kernels(true);
     let mut set = AdapterSet::install(&mut model);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut models = vec![ModelEntry { id: base_name.to_string(), created: now, kind: "base", path: String::new() }];

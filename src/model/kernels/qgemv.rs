@@ -66,13 +66,21 @@ pub fn quantize_row(x: &[f32]) -> QuantRow {
 
 /// `y[m][n] = sum_k x[m][k] * W[n][k]` for `W` given as `n` rows of blocks.
 /// `x` is `(m, k)` row-major; returns `(m, n)` row-major.
+static UNIFORM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Use one kernel for every row count (batch-invariant results; the server sets it).
+pub fn set_uniform_kernels(on: bool) {
+    UNIFORM.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn matmul(format: Format, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
-    // The AVX-512 VNNI tiles whenever the CPU has them, for any row count: each row's
-    // result is then the same bits whatever else is in the batch (the server's decoding is
-    // batch-invariant). Several rows: the tiles reuse each expanded weight block and run
-    // ~2x faster (`cargo run --release --example qbench`); one row on Zen 4 (512-bit ops as
-    // two halves) the AVX2 dot products were slightly faster.
-    matmul_with(format, w, n, k, x, m, avx512())
+    // One row: the AVX2 dot products (Zen 4 runs 512-bit ops as two 256-bit halves, and
+    // the tiles' set-up does not pay off). Several rows (batched decoding): the AVX-512
+    // VNNI tiles reuse each expanded weight block and run ~2x faster (`cargo run --release
+    // --example qbench`). With uniform kernels (the server) the tiles serve every row
+    // count, so a row's result is the same bits whatever else is in its batch.
+    let uniform = UNIFORM.load(std::sync::atomic::Ordering::Relaxed);
+    matmul_with(format, w, n, k, x, m, (m >= 2 || uniform) && avx512())
 }
 
 /// `matmul`, choosing the AVX-512 VNNI tiles (`wide`) or the AVX2 / scalar dot products.
