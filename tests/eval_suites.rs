@@ -37,7 +37,7 @@ fn small_eval(dir: &Path, tasks: usize, per_task: usize) -> std::path::PathBuf {
 }
 
 fn opts(settings: serde_json::Value) -> RunOptions {
-    RunOptions { batch_size: 2, max_new_tokens: Some(6), template: None, settings, progress: false }
+    RunOptions { batch_size: 2, max_new_tokens: Some(6), template: None, settings, progress: false, steer: None }
 }
 
 #[test]

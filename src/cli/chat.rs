@@ -13,12 +13,15 @@ pub struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    steer: super::steer::SteerArgs,
 }
 
 /// Read a line, answer with streaming tokens, keep the whole conversation. `/reset` clears it.
 pub fn run(a: ChatArgs) -> Result<()> {
     let (model, tok) = a.model.load()?;
-    let opts = a.sampling.options();
+    let mut opts = a.sampling.options();
+    opts.steer = a.steer.build(&model, &tok, a.model.dequantize)?;
     tok.template(a.sampling.template.as_deref())?; // fail before the first prompt
     let mut history = vec![];
     if let Some(s) = &a.system {

@@ -86,15 +86,30 @@ pub struct RunArgs {
     template: Option<String>,
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    steer: super::steer::SteerArgs,
 }
 
 impl RunArgs {
     fn options(&self, suite: serde_json::Value) -> RunOptions {
-        let settings = serde_json::json!({
+        let mut settings = serde_json::json!({
             "model": self.model.model, "adapter": self.model.adapter, "dequantize": self.model.dequantize,
             "template": self.template, "max_new_tokens": self.max_new_tokens, "suite": suite,
         });
-        RunOptions { batch_size: self.batch_size, max_new_tokens: self.max_new_tokens, template: self.template.clone(), settings, progress: !self.quiet }
+        // Only when steering: reports made before it existed still resume.
+        let steer = self.steer.settings();
+        if !steer.is_null() {
+            settings["steer"] = steer;
+        }
+        RunOptions { batch_size: self.batch_size, max_new_tokens: self.max_new_tokens, template: self.template.clone(), settings, progress: !self.quiet, steer: None }
+    }
+
+    /// The model, its tokenizer and the run options, with any decoding-time companions.
+    fn load(&self, suite: serde_json::Value) -> Result<(instill::CausalLm, instill::Tokenizer, RunOptions)> {
+        let (model, tok) = self.model.load()?;
+        let mut opts = self.options(suite);
+        opts.steer = self.steer.build(&model, &tok, self.model.dequantize)?;
+        Ok((model, tok, opts))
     }
 }
 
@@ -224,8 +239,8 @@ fn print_report(r: &instill::eval::report::Report, out: &std::path::Path) {
 }
 
 fn run_suite(run: &RunArgs, suite: &dyn Suite, settings: serde_json::Value) -> Result<()> {
-    let (model, tok) = run.model.load()?;
-    let r = runner::run(&model, &tok, suite, &run.out, &run.options(settings))?;
+    let (model, tok, opts) = run.load(settings)?;
+    let r = runner::run(&model, &tok, suite, &run.out, &opts)?;
     print_report(&r, &run.out);
     Ok(())
 }
@@ -252,10 +267,10 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
         }
         EvalCmd::Robustness(a) => {
             let alts = robustness::read_alternatives(&a.definitions)?;
-            let (model, tok) = a.superni.run.model.load()?;
             let mut settings = a.superni.settings();
             settings["definitions"] = serde_json::json!(a.definitions);
-            let r = robustness::run(&model, &tok, &a.superni.suite()?, &alts, &a.superni.run.out, &a.superni.run.options(settings))?;
+            let (model, tok, opts) = a.superni.run.load(settings)?;
+            let r = robustness::run(&model, &tok, &a.superni.suite()?, &alts, &a.superni.run.out, &opts)?;
             println!(
                 "overall primary score across {} wordings: mean {:.2}, std {:.2}, min {:.2}, max {:.2}; {}",
                 r.overall.scores.len(),

@@ -42,6 +42,7 @@ impl SamplingArgs {
             stop_strings: self.stop.clone(),
             ignore_eos: false,
             min_new_tokens: self.min_new_tokens,
+            steer: None,
         }
     }
 }
@@ -74,6 +75,8 @@ pub struct GenerateArgs {
     reward_model: Option<std::path::PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    steer: super::steer::SteerArgs,
 }
 
 pub fn chat_ids(tok: &Tokenizer, template: Option<&str>, messages: &[serde_json::Value]) -> Result<Vec<u32>> {
@@ -91,7 +94,11 @@ fn messages(system: &Option<String>, user: &str) -> Vec<serde_json::Value> {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let (model, tok) = a.model.load()?;
-    let opts = a.sampling.options();
+    let mut opts = a.sampling.options();
+    opts.steer = a.steer.build(&model, &tok, a.model.dequantize)?;
+    if let Some(s) = &opts.steer {
+        eprintln!("[decoding: {}]", s.describe());
+    }
     let template = a.sampling.template.as_deref();
     if let Some(n) = a.best_of {
         return best_of(&model, &tok, &a, n, &opts);

@@ -15,6 +15,7 @@ mod inspect;
 mod pairs;
 mod reward;
 mod serve;
+mod steer;
 mod train;
 
 use anyhow::Result;

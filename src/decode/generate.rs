@@ -1,10 +1,12 @@
 //! Generation for one or many prompts at once: left-padded batched prefill, then one
 //! token per row per step through the KV cache, with stop tokens and stop strings.
 use super::sampler::{Sampler, SamplingParams};
+use super::steer::Steer;
 use crate::model::{Batch, CausalLm, LogitsFor};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use serde::Serialize;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -15,11 +17,14 @@ pub struct GenerateOptions {
     pub ignore_eos: bool,
     /// End-of-sequence tokens are forbidden until this many tokens exist (as in transformers).
     pub min_new_tokens: usize,
+    /// Decoding-time tuning: companion models that steer every step (proxy-tuning, EFT,
+    /// contrastive decoding).
+    pub steer: Option<Arc<Steer>>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 256, sampling: SamplingParams::default(), stop_strings: vec![], ignore_eos: false, min_new_tokens: 0 }
+        GenerateOptions { max_new_tokens: 256, sampling: SamplingParams::default(), stop_strings: vec![], ignore_eos: false, min_new_tokens: 0, steer: None }
     }
 }
 
@@ -55,7 +60,7 @@ pub fn generate(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: &
 }
 
 fn generate_here(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: &GenerateOptions, on_text: &mut (dyn FnMut(usize, &str) + Send)) -> Result<Vec<Generation>> {
-    let ctx = model.config.max_position;
+    let ctx = opts.steer.iter().flat_map(|s| s.companions.iter().map(|m| m.config.max_position)).fold(model.config.max_position, usize::min);
     if let Some(p) = prompts.iter().find(|p| p.len() >= ctx) {
         return Err(Error::Input(format!("prompt of {} tokens does not fit the model's context of {ctx} tokens: shorten it", p.len())));
     }
@@ -66,11 +71,16 @@ fn generate_here(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: 
     }
     let pad = tok.eos_id.unwrap_or(0);
     let (mut cache, mut logits) = prefill(model, prompts, pad)?;
+    let steer = opts.steer.as_deref();
+    let mut guide = steer.map(|s| s.start(|m| prefill(m, prompts, pad))).transpose()?;
     let mut positions: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     // Rows still generating, in the cache's (and the logits') row order.
     let mut live: Vec<usize> = (0..rows.len()).collect();
     for _ in 0..opts.max_new_tokens {
-        let rows_logits = logits.to_vec2::<f32>()?;
+        let mut rows_logits = logits.to_vec2::<f32>()?;
+        if let (Some(s), Some(g)) = (steer, &guide) {
+            s.apply(&mut rows_logits, g)?;
+        }
         let mut next = Vec::with_capacity(live.len());
         for (&i, mut l) in live.iter().zip(rows_logits) {
             let row = &mut rows[i];
@@ -97,6 +107,9 @@ fn generate_here(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: 
         // Finished rows leave the batch: later steps no longer compute them.
         if keep.len() < live.len() {
             cache.retain_rows(&keep)?;
+            if let (Some(s), Some(g)) = (steer, &mut guide) {
+                s.retain(g, &keep)?;
+            }
             next = keep.iter().map(|&j| next[j]).collect();
             live = keep.iter().map(|&j| live[j]).collect();
         }
@@ -104,6 +117,9 @@ fn generate_here(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: 
         let step = Batch::step(&next, &pos);
         live.iter().for_each(|&i| positions[i] += 1);
         logits = model.forward(&step, Some(&mut cache), LogitsFor::Last)?;
+        if let (Some(s), Some(g)) = (steer, &mut guide) {
+            s.step(g, &step)?;
+        }
     }
     Ok(finish_all(rows, FinishReason::Length))
 }

@@ -3,6 +3,7 @@ pub mod best_of;
 pub mod generate;
 pub mod processor;
 pub mod sampler;
+pub mod steer;
 
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
 pub use processor::LogitsProcessor;

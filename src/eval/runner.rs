@@ -24,6 +24,8 @@ pub struct RunOptions {
     /// What was evaluated, and how: saved in `settings.json` and checked on resume.
     pub settings: serde_json::Value,
     pub progress: bool,
+    /// Decoding-time tuning (proxy-tuning, EFT, contrastive decoding).
+    pub steer: Option<std::sync::Arc<crate::decode::steer::Steer>>,
 }
 
 /// Token ids of one prompt.
@@ -48,7 +50,7 @@ pub fn run(model: &CausalLm, tok: &Tokenizer, suite: &dyn Suite, out: &Path, opt
     let mut done = read_scored(&preds)?;
     let have: HashSet<String> = done.iter().map(|s| s.id.clone()).collect();
     let todo: Vec<&Item> = items.iter().filter(|i| !have.contains(&i.id)).collect();
-    let gen = GenerateOptions { max_new_tokens: opts.max_new_tokens.unwrap_or(suite.max_new_tokens()), stop_strings: suite.stop_strings(), ..Default::default() };
+    let gen = GenerateOptions { max_new_tokens: opts.max_new_tokens.unwrap_or(suite.max_new_tokens()), stop_strings: suite.stop_strings(), steer: opts.steer.clone(), ..Default::default() };
     let mut encoded: Vec<(&Item, Vec<u32>)> = todo.iter().map(|i| Ok((*i, encode(tok, &i.prompt, opts.template.as_deref())?))).collect::<Result<_>>()?;
     // Similar lengths share a batch (less left padding); longest first, so the memory
     // peak shows at once.
