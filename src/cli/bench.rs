@@ -20,6 +20,8 @@ pub enum BenchCmd {
     Dpo(super::bench_dpo::DpoBench),
     /// Server output tokens/s and time to first token at several concurrencies against llama.cpp's server.
     Serve(super::bench_serve::ServeBench),
+    /// Proxy-tuned decoding time per token against the large model alone.
+    Steer(super::bench_steer::SteerBench),
 }
 
 #[derive(Args)]
@@ -48,6 +50,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
         BenchCmd::Dpo(t) => return super::bench_dpo::run(t),
         BenchCmd::Eval(e) => return super::bench_eval::run(e),
         BenchCmd::Serve(s) => return super::bench_serve::run(s),
+        BenchCmd::Steer(s) => return super::bench_steer::run(s),
     };
     let threads = rayon::current_num_threads();
     let bw = memory_read_bandwidth(threads);

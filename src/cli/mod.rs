@@ -4,6 +4,7 @@ mod bench_data;
 mod bench_dpo;
 mod bench_eval;
 mod bench_serve;
+mod bench_steer;
 mod bench_train;
 mod chat;
 mod data;
