@@ -2,7 +2,7 @@
 use super::ModelArgs;
 use anyhow::{bail, Result};
 use clap::Args;
-use instill::decode::steer::{self, Settings, Steer};
+use instill::decode::steer::{self, Settings, Steer, Unit};
 use instill::{CausalLm, Tokenizer};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,30 +61,24 @@ impl SteerArgs {
         Ok(Some((name, vec![(e.clone(), self.proxy_expert_adapter.clone()), (anti.clone(), self.proxy_anti_adapter.clone())])))
     }
 
-    /// Load the companions (the same model and adapter is loaded once) and check them.
+    /// Load the companions and check them. Two roles over one base model (an expert and
+    /// its anti-expert, each with or without a LoRA) share its weights and run as one batch.
     pub fn build(&self, main: &CausalLm, tok: &Tokenizer, dequantize: bool) -> Result<Option<Arc<Steer>>> {
         let Some((name, specs)) = self.plan()? else { return Ok(None) };
         let method = steer::method(name, &Settings { alpha: self.alpha, beta: self.beta })?;
-        let mut loaded: Vec<((String, Option<PathBuf>), Arc<CausalLm>, Arc<Tokenizer>)> = vec![];
-        let mut companions = vec![];
-        for spec in specs {
-            let label = match &spec.1 {
-                Some(a) => format!("{} + {}", spec.0, a.display()),
-                None => spec.0.clone(),
-            };
-            let (m, t) = match loaded.iter().find(|(s, _, _)| *s == spec) {
-                Some((_, m, t)) => (m.clone(), t.clone()),
-                None => {
-                    let args = ModelArgs { adapter: spec.1.clone(), ..ModelArgs::named(&spec.0, dequantize, None) };
-                    let (m, t) = args.load()?;
-                    let (m, t) = (Arc::new(m), Arc::new(t));
-                    loaded.push((spec, m.clone(), t.clone()));
-                    (m, t)
-                }
-            };
-            companions.push((m, t, label));
-        }
-        Ok(Some(Arc::new(Steer::new(method, main, tok, companions)?)))
+        let labels = specs.iter().map(|(m, a)| a.as_ref().map_or(m.clone(), |a| format!("{m} + {}", a.display()))).collect();
+        let lora_only = specs.iter().all(|(_, a)| a.as_ref().is_none_or(|a| instill::peft::peft_type(a).is_ok_and(|t| t == "LORA")));
+        let units = if specs.len() == 2 && specs[0].0 == specs[1].0 && lora_only {
+            vec![shared_unit(&specs, dequantize)?]
+        } else {
+            let mut units = vec![];
+            for (m, adapter) in &specs {
+                let (model, t) = ModelArgs { adapter: adapter.clone(), ..ModelArgs::named(m, dequantize, None) }.load()?;
+                units.push((Unit::own(Arc::new(model)), Arc::new(t)));
+            }
+            units
+        };
+        Ok(Some(Arc::new(Steer::new(method, main, tok, units, labels)?)))
     }
 
     /// What was asked, for evaluation settings (a resumed run must steer the same way).
@@ -97,4 +91,11 @@ impl SteerArgs {
             _ => serde_json::Value::Null,
         }
     }
+}
+
+/// One base model with the roles' LoRA adapters as per-row slots.
+fn shared_unit(specs: &[(String, Option<PathBuf>)], dequantize: bool) -> Result<(Unit, Arc<Tokenizer>)> {
+    let (model, t) = ModelArgs::named(&specs[0].0, dequantize, None).load()?;
+    let adapters: Vec<Option<&std::path::Path>> = specs.iter().map(|(_, a)| a.as_deref()).collect();
+    Ok((Unit::with_adapters(model, &adapters)?, Arc::new(t)))
 }

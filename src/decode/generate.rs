@@ -60,7 +60,7 @@ pub fn generate(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: &
 }
 
 fn generate_here(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: &GenerateOptions, on_text: &mut (dyn FnMut(usize, &str) + Send)) -> Result<Vec<Generation>> {
-    let ctx = opts.steer.iter().flat_map(|s| s.companions.iter().map(|m| m.config.max_position)).fold(model.config.max_position, usize::min);
+    let ctx = opts.steer.as_ref().map_or(usize::MAX, |s| s.max_position()).min(model.config.max_position);
     if let Some(p) = prompts.iter().find(|p| p.len() >= ctx) {
         return Err(Error::Input(format!("prompt of {} tokens does not fit the model's context of {ctx} tokens: shorten it", p.len())));
     }
@@ -108,7 +108,7 @@ fn generate_here(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: 
         if keep.len() < live.len() {
             cache.retain_rows(&keep)?;
             if let (Some(s), Some(g)) = (steer, &mut guide) {
-                s.retain(g, &keep)?;
+                s.retain(g, &keep, live.len())?;
             }
             next = keep.iter().map(|&j| next[j]).collect();
             live = keep.iter().map(|&j| live[j]).collect();
@@ -118,7 +118,7 @@ fn generate_here(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: 
         live.iter().for_each(|&i| positions[i] += 1);
         logits = model.forward(&step, Some(&mut cache), LogitsFor::Last)?;
         if let (Some(s), Some(g)) = (steer, &mut guide) {
-            s.step(g, &step)?;
+            s.step(g, &next, &pos)?;
         }
     }
     Ok(finish_all(rows, FinishReason::Length))

@@ -2,6 +2,7 @@
 pub mod full;
 pub mod head;
 pub mod lora;
+pub mod multi;
 pub mod prompt;
 
 use crate::Result;

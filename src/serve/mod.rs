@@ -1,7 +1,7 @@
 //! The OpenAI-compatible server: one file per endpoint over a continuous-batching
 //! engine (`engine.rs`) that decodes requests for the base and for many adapters in one
 //! batch. Handlers only parse, check and format; generation is the engine's.
-pub mod adapters;
+pub use crate::peft::multi as adapters;
 mod chat;
 mod completions;
 pub mod engine;

@@ -21,9 +21,11 @@ mod proxy;
 use super::processor::log_softmax;
 use crate::model::cache::KvCache;
 use crate::model::{Batch, CausalLm};
+use crate::peft::multi::{AdapterSet, Kind, Route};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::Tensor;
+use std::path::Path;
 use std::sync::Arc;
 
 /// One decoding-time method: how companions' log-probs change the main model's.
@@ -78,10 +80,64 @@ pub fn method(name: &str, s: &Settings) -> Result<Box<dyn Combine>> {
     })
 }
 
+/// Models that run as one batch: a model of its own (one role), or one base carrying
+/// per-row adapters for two roles (an expert and its anti-expert over the same weights:
+/// one forward pass of 2n rows reads the weights once instead of twice).
+pub struct Unit {
+    pub model: Arc<CausalLm>,
+    /// The adapter route of a shared base, and the slot of each role it serves.
+    route: Option<Route>,
+    slots: Vec<Option<usize>>,
+}
+
+impl Unit {
+    /// A model of its own, serving one role.
+    pub fn own(model: Arc<CausalLm>) -> Self {
+        Unit { model, route: None, slots: vec![None] }
+    }
+
+    /// A base with an adapter set installed, serving one role per slot (None: the base).
+    pub fn shared(model: Arc<CausalLm>, route: Route, slots: Vec<Option<usize>>) -> Self {
+        Unit { model, route: Some(route), slots }
+    }
+
+    /// One base serving one role per adapter (None: the base alone), each LoRA a per-row
+    /// slot of the base (an adapter named twice is loaded once).
+    pub fn with_adapters(mut model: CausalLm, adapters: &[Option<&Path>]) -> Result<Self> {
+        let mut set = AdapterSet::install(&mut model);
+        let mut slots = vec![];
+        for dir in adapters {
+            let Some(dir) = dir else {
+                slots.push(None);
+                continue;
+            };
+            let name = dir.display().to_string();
+            let served = match set.get(&name) {
+                Some(s) => s.clone(),
+                None => set.load(&mut model, &name, dir)?.clone(),
+            };
+            match served.kind {
+                Kind::Lora { slot } => slots.push(Some(slot)),
+                Kind::Prompt { .. } => return Err(Error::file(dir, "a prompt-tuning adapter cannot share a batch with another role: give it its own model")),
+            }
+        }
+        Ok(Unit::shared(Arc::new(model), set.route.clone(), slots))
+    }
+
+    fn set_route(&self, rows: impl Fn(Option<usize>) -> Vec<Option<usize>>) {
+        if let Some(r) = &self.route {
+            let mut w = r.write().expect("route");
+            *w = self.slots.iter().flat_map(|&s| rows(s)).collect();
+        }
+    }
+}
+
 /// A method with its companion models, shared by every generation that uses it.
 pub struct Steer {
     pub method: Box<dyn Combine>,
-    pub companions: Vec<Arc<CausalLm>>,
+    pub units: Vec<Unit>,
+    /// For each role: its unit and which of the unit's slots.
+    roles: Vec<(usize, usize)>,
     /// What each companion is (model and adapter), for reports.
     pub labels: Vec<String>,
 }
@@ -94,29 +150,38 @@ impl std::fmt::Debug for Steer {
 
 impl Steer {
     /// Check the companions against the method's roles and the main model's tokenizer.
-    pub fn new(method: Box<dyn Combine>, main: &CausalLm, main_tok: &Tokenizer, companions: Vec<(Arc<CausalLm>, Arc<Tokenizer>, String)>) -> Result<Self> {
+    /// `units` serve the roles in order (a shared unit two consecutive roles).
+    pub fn new(method: Box<dyn Combine>, main: &CausalLm, main_tok: &Tokenizer, units: Vec<(Unit, Arc<Tokenizer>)>, labels: Vec<String>) -> Result<Self> {
         let roles = method.roles();
-        if companions.len() != roles.len() {
-            return Err(Error::Input(format!("{} takes {} companion model(s) ({}), got {}", method.describe(), roles.len(), roles.join(", "), companions.len())));
+        let n: usize = units.iter().map(|(u, _)| u.slots.len()).sum();
+        if n != roles.len() || labels.len() != n {
+            return Err(Error::Input(format!("{} takes {} companion model(s) ({}), got {n}", method.describe(), roles.len(), roles.join(", "))));
         }
-        for ((_, tok, label), role) in companions.iter().zip(roles) {
-            same_tokenizer(main_tok, tok).map_err(|e| Error::Input(format!("the {role} model ({label}) cannot steer the main model: {e}")))?;
+        let map: Vec<(usize, usize)> = units.iter().enumerate().flat_map(|(i, (u, _))| (0..u.slots.len()).map(move |h| (i, h))).collect();
+        for (r, &(u, _)) in map.iter().enumerate() {
+            same_tokenizer(main_tok, &units[u].1).map_err(|e| Error::Input(format!("the {} model ({}) cannot steer the main model: {e}", roles[r], labels[r])))?;
         }
-        let models: Vec<&CausalLm> = companions.iter().map(|(m, _, _)| m.as_ref()).collect();
+        let models: Vec<&CausalLm> = map.iter().map(|&(u, _)| units[u].0.model.as_ref()).collect();
         method.check(main, &models)?;
-        let labels = companions.iter().zip(roles).map(|((_, _, l), r)| format!("{r}: {l}")).collect();
-        Ok(Steer { method, companions: companions.into_iter().map(|(m, _, _)| m).collect(), labels })
+        let labels = labels.iter().zip(roles).map(|(l, r)| format!("{r}: {l}")).collect();
+        Ok(Steer { method, units: units.into_iter().map(|(u, _)| u).collect(), roles: map, labels })
     }
 
     pub fn describe(&self) -> String {
         format!("{} with {}", self.method.describe(), self.labels.join(", "))
     }
 
+    /// The shortest context of the companions.
+    pub fn max_position(&self) -> usize {
+        self.units.iter().map(|u| u.model.config.max_position).min().unwrap_or(usize::MAX)
+    }
+
     /// Replace each row's logits (main model, `rows` of them) by the combined scores.
     pub fn apply(&self, main: &mut [Vec<f32>], run: &Running) -> Result<()> {
-        let others: Vec<Vec<Vec<f32>>> = run.logits.iter().map(|t| t.to_vec2::<f32>()).collect::<std::result::Result<_, _>>()?;
+        let units: Vec<Vec<Vec<f32>>> = run.logits.iter().map(|t| t.to_vec2::<f32>()).collect::<std::result::Result<_, _>>()?;
+        let n = main.len();
         for (r, row) in main.iter_mut().enumerate() {
-            let rows: Vec<&[f32]> = others.iter().map(|o| o[r].as_slice()).collect();
+            let rows: Vec<&[f32]> = self.roles.iter().map(|&(u, h)| units[u][h * n + r].as_slice()).collect();
             *row = self.scores(row, &rows);
         }
         Ok(())
@@ -134,38 +199,51 @@ impl Steer {
         combined
     }
 
-    /// Prefill every companion with the prompts, as the main model was (`prefill`).
+    /// Prefill every unit with the prompts, as the main model was (`prefill`); a shared
+    /// unit once per role, its caches then stacked into one batch.
     pub fn start(&self, prefill: impl Fn(&CausalLm) -> Result<(KvCache, Tensor)>) -> Result<Running> {
         let mut run = Running { caches: vec![], logits: vec![] };
-        for m in &self.companions {
-            let (c, l) = prefill(m)?;
-            run.caches.push(c);
-            run.logits.push(l);
+        for u in &self.units {
+            let (mut caches, mut logits) = (vec![], vec![]);
+            for &slot in &u.slots {
+                if let Some(r) = &u.route {
+                    *r.write().expect("route") = vec![slot];
+                }
+                let (c, l) = prefill(&u.model)?;
+                caches.push(c);
+                logits.push(l);
+            }
+            run.caches.push(if caches.len() == 1 { caches.pop().expect("one") } else { KvCache::concat_left_padded(&caches.iter().collect::<Vec<_>>())? });
+            run.logits.push(Tensor::cat(&logits, 0)?);
         }
         Ok(run)
     }
 
-    /// Feed every companion the step the main model takes.
-    pub fn step(&self, run: &mut Running, step: &Batch) -> Result<()> {
-        for ((m, c), l) in self.companions.iter().zip(&mut run.caches).zip(&mut run.logits) {
-            *l = m.forward(step, Some(c), crate::model::LogitsFor::Last)?;
+    /// Feed every unit the tokens the main model takes (one per row, at these positions).
+    pub fn step(&self, run: &mut Running, next: &[u32], pos: &[u32]) -> Result<()> {
+        for ((u, c), l) in self.units.iter().zip(&mut run.caches).zip(&mut run.logits) {
+            let k = u.slots.len();
+            let step = Batch::step(&next.repeat(k), &pos.repeat(k));
+            u.set_route(|s| vec![s; next.len()]);
+            *l = u.model.forward(&step, Some(c), crate::model::LogitsFor::Last)?;
         }
         Ok(())
     }
 
-    /// Keep only these rows (finished rows leave the batch).
-    pub fn retain(&self, run: &mut Running, keep: &[usize]) -> Result<()> {
-        let ids = Tensor::new(keep.iter().map(|&k| k as u32).collect::<Vec<_>>().as_slice(), &candle_core::Device::Cpu)?;
-        for (c, l) in run.caches.iter_mut().zip(&mut run.logits) {
-            c.retain_rows(keep)?;
+    /// Keep only these of the `n` rows (finished rows leave the batch).
+    pub fn retain(&self, run: &mut Running, keep: &[usize], n: usize) -> Result<()> {
+        for ((u, c), l) in self.units.iter().zip(&mut run.caches).zip(&mut run.logits) {
+            let rows: Vec<usize> = (0..u.slots.len()).flat_map(|h| keep.iter().map(move |&k| h * n + k)).collect();
+            c.retain_rows(&rows)?;
+            let ids = Tensor::new(rows.iter().map(|&k| k as u32).collect::<Vec<_>>().as_slice(), &candle_core::Device::Cpu)?;
             *l = l.index_select(&ids, 0)?;
         }
         Ok(())
     }
 }
 
-/// The companions' state during one generation: caches and last logits, row-aligned
-/// with the main model's.
+/// The companions' state during one generation: each unit's cache and last logits, its
+/// rows in role-major order (all rows of its first role, then of its second).
 pub struct Running {
     caches: Vec<KvCache>,
     logits: Vec<Tensor>,

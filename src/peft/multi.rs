@@ -1,4 +1,6 @@
-//! Many adapters on one base, chosen per batch row (as LoRAX and S-LoRA serve them).
+//! Many adapters on one base, chosen per batch row (as LoRAX and S-LoRA serve them). The
+//! server decodes many requests this way; decoding-time tuning runs an expert and its
+//! anti-expert over one base as one batch.
 //!
 //! Every block projection carries one [`MultiLora`] delta holding each loaded LoRA
 //! adapter's `A`, `B` and scale. Before a forward pass the engine sets the *route*: the
@@ -15,7 +17,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-/// Which adapter slot each row of the next forward pass uses (None: the base).
+/// Which adapter slot each row of the next forward pass uses (None: the base). A route
+/// of one entry applies to every row, whatever their number.
 pub type Route = Arc<RwLock<Vec<Option<usize>>>>;
 
 #[derive(Debug, Clone)]
@@ -49,10 +52,13 @@ pub struct MultiLora {
 }
 
 impl MultiLora {
-    fn groups(&self) -> Vec<(usize, Vec<u32>)> {
+    /// The rows of a batch of `rows` grouped by their adapter slot.
+    fn groups(&self, rows: usize) -> Vec<(usize, Vec<u32>)> {
         let slots = self.slots.read().expect("slots");
         let mut by_slot: Vec<(usize, Vec<u32>)> = vec![];
-        for (row, s) in self.route.read().expect("route").iter().enumerate() {
+        let route = self.route.read().expect("route");
+        let route: Vec<Option<usize>> = if route.len() == 1 { vec![route[0]; rows] } else { route.clone() };
+        for (row, s) in route.iter().enumerate() {
             let Some(s) = *s else { continue };
             if slots.get(s).is_none_or(Option::is_none) {
                 continue;
@@ -68,7 +74,7 @@ impl MultiLora {
 
 impl Delta for MultiLora {
     fn enabled(&self) -> bool {
-        !self.groups().is_empty()
+        self.route.read().expect("route").iter().any(|s| s.is_some_and(|s| self.slots.read().expect("slots").get(s).is_some_and(Option::is_some)))
     }
 
     fn params(&self) -> Vec<Tensor> {
@@ -78,7 +84,7 @@ impl Delta for MultiLora {
     fn delta(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let rows = self.route.read().expect("route").len();
-        if dims.len() != 3 || dims[0] != rows {
+        if dims.len() != 3 || (dims[0] != rows && rows != 1) {
             return Err(Error::Input(format!("adapter routing: input {dims:?} does not have the {rows} routed rows")));
         }
         let slots = self.slots.read().expect("slots");
@@ -86,7 +92,7 @@ impl Delta for MultiLora {
             return self.decode_delta(x, &slots);
         }
         let mut out: Option<Tensor> = None;
-        for (s, idx) in self.groups() {
+        for (s, idx) in self.groups(dims[0]) {
             let f = slots[s].as_ref().expect("grouped slots are loaded");
             let ids = Tensor::new(idx.as_slice(), x.device())?;
             let xs = x.index_select(&ids, 0)?;
@@ -110,7 +116,7 @@ impl MultiLora {
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let mut n_out = 0;
         let mut out = vec![];
-        for (s, idx) in self.groups() {
+        for (s, idx) in self.groups(rows) {
             let f = slots[s].as_ref().expect("grouped slots are loaded");
             if out.is_empty() {
                 n_out = f.b.len() / (f.a.len() / k);
