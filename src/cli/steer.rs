@@ -7,6 +7,9 @@ use instill::{CausalLm, Tokenizer};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// A companion: a model and an optional adapter.
+type Spec = (String, Option<PathBuf>);
+
 #[derive(Args, Clone, Default, Debug)]
 pub struct SteerArgs {
     /// Proxy-tuning: the tuned small model (registry id, .gguf, HF directory or Hub repo).
@@ -43,7 +46,7 @@ pub struct SteerArgs {
 
 impl SteerArgs {
     /// The method's name and its companions (model, adapter), if any was asked for.
-    fn plan(&self) -> Result<Option<(&'static str, Vec<(String, Option<PathBuf>)>)>> {
+    fn plan(&self) -> Result<Option<(&'static str, Vec<Spec>)>> {
         if let Some(a) = &self.amateur {
             return Ok(Some(("contrastive", vec![(a.clone(), self.amateur_adapter.clone())])));
         }
@@ -94,7 +97,7 @@ impl SteerArgs {
 }
 
 /// One base model with the roles' LoRA adapters as per-row slots.
-fn shared_unit(specs: &[(String, Option<PathBuf>)], dequantize: bool) -> Result<(Unit, Arc<Tokenizer>)> {
+fn shared_unit(specs: &[Spec], dequantize: bool) -> Result<(Unit, Arc<Tokenizer>)> {
     let (model, t) = ModelArgs::named(&specs[0].0, dequantize, None).load()?;
     let adapters: Vec<Option<&std::path::Path>> = specs.iter().map(|(_, a)| a.as_deref()).collect();
     Ok((Unit::with_adapters(model, &adapters)?, Arc::new(t)))
