@@ -106,6 +106,10 @@ impl Safetensors {
             Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
             other => return Err(Error::file(&self.dir, format!("tensor {name:?} has type {other:?}; merging reads F32, F16, BF16 and F64"))),
         };
+        // The values are copied out: drop the file pages from this process's resident set,
+        // so memory stays a few tensors however large the inputs are.
+        // SAFETY: a read-only file mapping; nothing borrows these pages any more (re-reading them faults them in again).
+        let _ = unsafe { s.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s.header + e.range.0, e.range.1 - e.range.0) };
         Ok(Some(v))
     }
 }
