@@ -5,7 +5,7 @@
 //!   compared tensor by tensor with mergekit's output (1e-6; the two mergekit examples run
 //!   in float16, see `F16_CASES`).
 //! - SmolLM2-135M-Instruct dequantized, with the two LoRA adapters of tests/fixtures/lora
-//!   as `base+lora`: per-tensor digests (sum, L1, L2, 64 sampled values) of mergekit's
+//!   as `base+lora`: per-tensor digests (sum, L1, L2, 16 sampled values) of mergekit's
 //!   output (skipped with a message when the model is not cached).
 //! - randomized methods (DARE, DELLA): seeded determinism, density and rescaling.
 //! - config errors, GGUF input (un-permuted), GGUF output (loads and generates like the
@@ -278,4 +278,243 @@ fn config_errors_name_the_key() {
     assert!(e.contains("exactly 2"), "{e}");
     let e = config_error("merge_method: linear\nmodels:\n  - model: no-such-model-dir\n    parameters: {weight: 1}\n");
     assert!(e.contains("no-such-model-dir"), "{e}");
+}
+
+/// SmolLM2-135M-Instruct dequantized to a HF directory as `instill export --dequantize`
+/// writes it, and the two adapters of tests/fixtures/lora; None (with a message) when
+/// the model is not cached.
+fn smol_dir() -> Option<PathBuf> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = match instill::hub::resolve("smollm2-135m-instruct", false) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("skipping SmolLM2 merge checks: {e}");
+                return None;
+            }
+        };
+        let d = common::tmpdir("merge-smol");
+        let model = instill::CausalLm::load(&src, &instill::LoadOptions { dequantize: true, ..Default::default() }).unwrap();
+        let tok = instill::Tokenizer::load(&src).unwrap();
+        instill::model::weights::save_hf_dir(&d.join("base"), model.arch, &model.config, model.named_tensors().unwrap(), DType::F32, 2_000_000_000, &tok.hf_files()).unwrap();
+        for (name, weights) in [("lora-a", "adapter_model.safetensors"), ("lora-b", "adapter_step3.safetensors")] {
+            std::fs::create_dir_all(d.join(name)).unwrap();
+            std::fs::copy(common::fixture("lora/adapter_config.json"), d.join(name).join("adapter_config.json")).unwrap();
+            std::fs::copy(common::fixture(&format!("lora/{weights}")), d.join(name).join("adapter_model.safetensors")).unwrap();
+        }
+        Some(d)
+    })
+    .clone()
+}
+
+fn merge_smol(name: &str, yaml: &str, out: &Path, opts: Options) -> merge::Summary {
+    let d = smol_dir().expect("checked");
+    let cfg = d.join(format!("{name}.yml"));
+    std::fs::write(&cfg, yaml).unwrap();
+    merge::run(MergeConfig::load(&cfg).unwrap(), &Options { out: out.to_path_buf(), ..opts }, &mut |_, _, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn check_digest(case: &str, name: &str, t: &Tensor, want: &serde_json::Value) -> Result<(), String> {
+    let x: Vec<f64> = values(t).into_iter().map(f64::from).collect();
+    let shape: Vec<usize> = serde_json::from_value(want["shape"].clone()).unwrap();
+    if shape != t.dims() {
+        return Err(format!("{case} {name}: shape {:?} vs {shape:?}", t.dims()));
+    }
+    let (sum, l1, l2) = (x.iter().sum::<f64>(), x.iter().map(|v| v.abs()).sum::<f64>(), x.iter().map(|v| v * v).sum::<f64>().sqrt());
+    let (ws, w1, w2) = (want["sum"].as_f64().unwrap(), want["l1"].as_f64().unwrap(), want["l2"].as_f64().unwrap());
+    if (sum - ws).abs() > 1e-6 * w1 + 1e-6 || (l1 - w1).abs() > 1e-6 * w1 || (l2 - w2).abs() > 1e-6 * w2 {
+        return Err(format!("{case} {name}: sum/L1/L2 {sum}/{l1}/{l2} vs mergekit {ws}/{w1}/{w2}"));
+    }
+    for s in want["samples"].as_array().unwrap() {
+        let (i, v) = (s[0].as_u64().unwrap() as usize, s[1].as_f64().unwrap());
+        if (x[i] - v).abs() > 1e-6 {
+            return Err(format!("{case} {name}[{i}]: {} vs mergekit {v}", x[i]));
+        }
+    }
+    Ok(())
+}
+
+/// LoRA adapters as `base+lora` on a real model, against mergekit (which folds them with PEFT).
+#[test]
+fn smollm2_lora_merges_match_mergekit_digests() {
+    let Some(d) = smol_dir() else { return };
+    let fixture = common::read_json("merge/smol_digests.json");
+    for (case, want) in fixture.as_object().unwrap() {
+        let out = d.join(format!("out-{case}"));
+        merge_smol(case, want["config"].as_str().unwrap(), &out, Options::default());
+        let ours = load_dir(&out);
+        for (name, digest) in want["tensors"].as_object().unwrap() {
+            // mergekit writes a tied lm_head (its tied_names); instill leaves it tied.
+            let t = ours.get(name.as_str()).or_else(|| (name == "lm_head.weight").then(|| &ours["model.embed_tokens.weight"])).unwrap_or_else(|| panic!("{case}: {name} missing"));
+            check_digest(case, name, t, digest).unwrap();
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+        eprintln!("{case}: {} tensors match mergekit's digests", want["tensors"].as_object().unwrap().len());
+    }
+}
+
+/// The digest comparison can fail.
+#[test]
+fn smollm2_digest_detects_a_wrong_merge() {
+    let Some(d) = smol_dir() else { return };
+    let fixture = common::read_json("merge/smol_digests.json");
+    let want = &fixture["linear"];
+    let out = d.join("out-linear-wrong");
+    merge_smol("linear-wrong", &want["config"].as_str().unwrap().replace("weight: 0.6", "weight: 0.61"), &out, Options::default());
+    let ours = load_dir(&out);
+    let name = "model.layers.0.self_attn.q_proj.weight";
+    assert!(check_digest("linear", name, &ours[name], &want["tensors"][name]).is_err());
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+fn greedy(source: &instill::hub::ModelSource, n: usize) -> Vec<u32> {
+    let model = instill::CausalLm::load(source, &instill::LoadOptions::default()).unwrap();
+    let tok = instill::Tokenizer::load(source).unwrap();
+    let ids = tok.encode_chat(None, &[serde_json::json!({"role": "user", "content": "Name a primary color."})]).unwrap();
+    let opts = instill::decode::generate::GenerateOptions { max_new_tokens: n, ignore_eos: true, ..Default::default() };
+    instill::decode::generate::generate(&model, &tok, &[ids], &opts, &mut |_, _| {}).unwrap().remove(0).tokens
+}
+
+/// A merge written as GGUF loads and generates what the same merge written as a HF directory does.
+#[test]
+fn gguf_output_generates_like_the_hf_output() {
+    let Some(d) = smol_dir() else { return };
+    let yaml = "models:\n  - model: base+lora-a\n    parameters: {weight: 0.5}\n  - model: base+lora-b\n    parameters: {weight: 0.5}\nmerge_method: linear\nchat_template: chatml\n";
+    let (hf, gguf, q8) = (d.join("out-gguf-hf"), d.join("merged-f32.gguf"), d.join("merged-q8.gguf"));
+    merge_smol("to-gguf", yaml, &hf, Options::default());
+    merge_smol("to-gguf", yaml, &gguf, Options { quant: Some(instill::export::quant::Quant::F32), ..Default::default() });
+    merge_smol("to-gguf", yaml, &q8, Options { quant: Some(instill::export::quant::Quant::Q8_0), ..Default::default() });
+    let a = greedy(&instill::hub::ModelSource::HfDir(hf.clone()), 12);
+    let b = greedy(&instill::hub::ModelSource::Gguf(gguf.clone()), 12);
+    assert_eq!(a, b, "greedy tokens of the HF and GGUF outputs");
+    assert_eq!(greedy(&instill::hub::ModelSource::Gguf(q8.clone()), 4).len(), 4);
+    let tok = instill::Tokenizer::load(&instill::hub::ModelSource::Gguf(gguf.clone())).unwrap();
+    assert!(tok.chat_template.unwrap().contains("<|im_start|>"), "chat_template: chatml is written");
+    for p in [hf] {
+        std::fs::remove_dir_all(p).unwrap();
+    }
+    for p in [gguf, q8] {
+        std::fs::remove_file(p).unwrap();
+    }
+}
+
+/// `--lora-rank`: the merged delta of two rank-4 adapters, written at rank 8, loads as an
+/// adapter and reproduces the full merge.
+#[test]
+fn lora_rank_output_loads_as_an_adapter() {
+    let Some(d) = smol_dir() else { return };
+    let yaml = "models:\n  - model: base+lora-a\n    parameters: {weight: 1.0}\n  - model: base+lora-b\n    parameters: {weight: -0.5}\nmerge_method: task_arithmetic\nbase_model: base\n";
+    let (full, adapter) = (d.join("out-svd-full"), d.join("out-svd-adapter"));
+    merge_smol("svd", yaml, &full, Options::default());
+    merge_smol("svd", yaml, &adapter, Options { lora_rank: Some(8), ..Default::default() });
+    let mut model = instill::CausalLm::load(&instill::hub::ModelSource::HfDir(d.join("base")), &instill::LoadOptions::default()).unwrap();
+    let lora = instill::peft::lora::Lora::load(&mut model, &adapter).unwrap();
+    assert_eq!(lora.config.r, 8);
+    lora.merge_into(&mut model).unwrap();
+    let merged = instill::CausalLm::load(&instill::hub::ModelSource::HfDir(full.clone()), &instill::LoadOptions::default()).unwrap();
+    let ours: HashMap<String, Tensor> = model.named_tensors().unwrap().into_iter().collect();
+    let mut worst = 0f32;
+    for (name, t) in merged.named_tensors().unwrap() {
+        worst = worst.max(common::max_abs_diff(&t, &ours[&name]));
+    }
+    assert!(worst < 1e-5, "base + rank-8 adapter vs the full merge: {worst}");
+    std::fs::remove_dir_all(full).unwrap();
+}
+
+/// GGUF inputs merge in HF space: a GGUF and its own HF export, averaged, give the export.
+#[test]
+fn gguf_inputs_are_renamed_and_unpermuted() {
+    let src = match instill::hub::resolve("tiny-random-llama", false) {
+        Ok(s) => s,
+        Err(e) => return eprintln!("skipping: {e}"),
+    };
+    let d = common::tmpdir("merge-gguf-in");
+    let model = instill::CausalLm::load(&src, &instill::LoadOptions { dequantize: true, ..Default::default() }).unwrap();
+    let tok = instill::Tokenizer::load(&src).unwrap();
+    instill::model::weights::save_hf_dir(&d.join("hf"), model.arch, &model.config, model.named_tensors().unwrap(), DType::F32, 2_000_000_000, &tok.hf_files()).unwrap();
+    let yaml = format!("models:\n  - model: {}\n    parameters: {{weight: 0.5}}\n  - model: hf\n    parameters: {{weight: 0.5}}\nmerge_method: linear\n", src.path().display());
+    std::fs::write(d.join("m.yml"), yaml).unwrap();
+    merge::run(MergeConfig::load(&d.join("m.yml")).unwrap(), &Options { out: d.join("out"), ..Default::default() }, &mut |_, _, _| {}).unwrap();
+    let (ours, hf) = (load_dir(&d.join("out")), load_dir(&d.join("hf")));
+    assert_eq!(ours.len(), hf.len());
+    for (k, t) in &hf {
+        assert!(common::max_abs_diff(t, &ours[k]) < 1e-6, "{k}");
+    }
+}
+
+/// `instill task-vector` then `task_arithmetic` over another model: `C + w * s * (T - B)`.
+#[test]
+fn task_vectors_apply_as_deltas() {
+    let dir = tiny_dir();
+    let tv = dir.join("tv");
+    let s = merge::task_vector::write(dir.join("base").to_str().unwrap(), dir.join("v1").to_str().unwrap(), &tv, 0.5, 1 << 30, &mut |_, _, _| {}).unwrap();
+    assert_eq!(s.tensors, tiny_tensors().len());
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(tv.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["instill_task_vector"]["scale"], 0.5);
+    let yaml = "models:\n  - model: tv\n    parameters: {weight: 0.8}\nmerge_method: task_arithmetic\nbase_model: v2\n";
+    let out = merge_tiny("residual", yaml, 0, false);
+    let (b, t, c) = (tiny_model(0), tiny_model(1), tiny_model(2));
+    for (k, o) in &out {
+        let want: Vec<f32> = values(&c[k]).iter().zip(values(&t[k])).zip(values(&b[k])).map(|((c, t), b)| c + 0.8 * (0.5 * (t - b))).collect();
+        let worst = values(o).iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-6, "{k}: {worst}");
+    }
+    let e = config_error("models:\n  - model: tv\n    parameters: {weight: 1}\nmerge_method: linear\n");
+    assert!(e.contains("base_model"), "{e}");
+}
+
+/// Streaming: merging three 200 MB models of 1 MB tensors stays far below their size.
+#[test]
+fn peak_memory_stays_a_few_tensors() {
+    let d = common::tmpdir("merge-rss");
+    let (hidden, inter, layers) = (256usize, 1024usize, 48usize);
+    let cfg = serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 512, "tie_word_embeddings": true, "rms_norm_eps": 1e-5, "torch_dtype": "float32"});
+    let mut total = 0u64;
+    for (v, name) in ["base", "a", "b"].iter().enumerate() {
+        let mut rng = SplitMix(v as u64 + 77);
+        let mut tensors = HashMap::new();
+        let mut add = |n: String, shape: Vec<usize>| {
+            let k: usize = shape.iter().product();
+            let x: Vec<f32> = (0..k).map(|_| (rng.next() % 1000) as f32 / 1000.0 - 0.5).collect();
+            tensors.insert(n, Tensor::from_vec(x, shape, &Device::Cpu).unwrap());
+        };
+        add("model.embed_tokens.weight".into(), vec![512, hidden]);
+        add("model.norm.weight".into(), vec![hidden]);
+        for i in 0..layers {
+            for p in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+                add(format!("model.layers.{i}.self_attn.{p}.weight"), vec![hidden, hidden]);
+            }
+            add(format!("model.layers.{i}.mlp.gate_proj.weight"), vec![inter, hidden]);
+            add(format!("model.layers.{i}.mlp.up_proj.weight"), vec![inter, hidden]);
+            add(format!("model.layers.{i}.mlp.down_proj.weight"), vec![hidden, inter]);
+        }
+        let m = d.join(name);
+        std::fs::create_dir_all(&m).unwrap();
+        candle_core::safetensors::save(&tensors, m.join("model.safetensors")).unwrap();
+        std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
+        total += std::fs::metadata(m.join("model.safetensors")).unwrap().len();
+    }
+    std::fs::write(
+        d.join("m.yml"),
+        "models:\n  - model: a\n    parameters: {weight: 1, density: 0.5}\n  - model: b\n    parameters: {weight: 1, density: 0.5}\nmerge_method: ties\nbase_model: base\n",
+    )
+    .unwrap();
+    // The child's own high-water mark (VmHWM), read while it runs.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_instill")).args(["merge", "m.yml", "--out", "out"]).current_dir(&d).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let st = loop {
+        if let Some(kb) = std::fs::read_to_string(&status).ok().and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())) {
+            peak = peak.max(kb * 1024);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert!(st.success());
+    eprintln!("peak RSS {:.0} MB merging {:.0} MB of inputs", peak as f64 / 1e6, total as f64 / 1e6);
+    assert!(peak < total / 4, "peak RSS {peak} for {total} bytes of inputs");
+    std::fs::remove_dir_all(&d).unwrap();
 }

@@ -110,7 +110,7 @@ impl Merge {
         let plan = plan::plan(&cfg, method, refs, models)?;
         let base = cfg.base_model.as_ref().map(|b| plan.model(b));
         if let Some(tv) = plan.models.iter().find(|m| m.is_task_vector()) {
-            if base.is_none() || method.contract().base == methods::BasePolicy::Ignored && method.name() != "linear" {
+            if base.is_none() || method.contract().base == methods::BasePolicy::Ignored {
                 return Err(Error::Input(format!("{}: a task vector is a delta; the merge needs a base_model to add it to", tv.label)));
             }
         }
@@ -247,6 +247,14 @@ const TOKENIZER_FILES: &[&str] = &[
     "chat_template.json",
 ];
 
+/// A model's tokenizer files: those its directory has, or built from a GGUF's metadata.
+pub fn model_tokenizer_files(model: &Model) -> Result<Vec<(String, Vec<u8>)>> {
+    Ok(match &model.source {
+        crate::hub::ModelSource::HfDir(d) => TOKENIZER_FILES.iter().filter_map(|f| std::fs::read(d.join(f)).ok().map(|b| (f.to_string(), b))).collect(),
+        crate::hub::ModelSource::Gguf(_) => model.tokenizer()?.hf_files().into_iter().map(|(n, b)| (n.to_string(), b)).collect(),
+    })
+}
+
 /// The chat template `chat_template:` asks for (mergekit's `_set_chat_template`).
 fn chat_template(m: &Merge) -> Result<Option<String>> {
     let Some(t) = m.cfg.chat_template.as_deref() else { return Ok(None) };
@@ -274,11 +282,7 @@ fn chat_template(m: &Merge) -> Result<Option<String>> {
 /// Tokenizer files of the output: copied from the tokenizer model's directory, or built
 /// from a GGUF's metadata; `chat_template` replaces the template.
 pub fn tokenizer_files(m: &Merge) -> Result<Vec<(String, Vec<u8>)>> {
-    let model = &m.plan.models[m.tokenizer_model];
-    let mut files: Vec<(String, Vec<u8>)> = match &model.source {
-        crate::hub::ModelSource::HfDir(d) => TOKENIZER_FILES.iter().filter_map(|f| std::fs::read(d.join(f)).ok().map(|b| (f.to_string(), b))).collect(),
-        crate::hub::ModelSource::Gguf(_) => model.tokenizer()?.hf_files().into_iter().map(|(n, b)| (n.to_string(), b)).collect(),
-    };
+    let mut files = model_tokenizer_files(&m.plan.models[m.tokenizer_model])?;
     if let Some(t) = chat_template(m)? {
         files.retain(|(n, _)| n != "chat_template.jinja" && n != "chat_template.json");
         let i = files.iter().position(|(n, _)| n == "tokenizer_config.json");

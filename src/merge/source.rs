@@ -1,5 +1,7 @@
 //! The models a merge reads, each tensor read on demand by its Hugging Face name:
-//! safetensors directories (memory-mapped, sharded or not), GGUF files (one tensor read
+//! safetensors directories (sharded or not; the header memory-mapped and parsed, each
+//! tensor then read with one positioned read: pages of a mapping would count towards
+//! the process's resident set, the page cache does not), GGUF files (one tensor read
 //! and dequantized to f32 at a time, renamed and un-permuted into HF layout by the
 //! architecture's rules), LoRA adapters over a base (`base+lora` or a bare PEFT
 //! directory: the base's tensor plus `scale * B A`), and task-vector directories (the
@@ -36,7 +38,8 @@ pub enum StoredType {
 }
 
 struct Shard {
-    map: Mmap,
+    file: std::fs::File,
+    path: PathBuf,
     header: usize,
 }
 
@@ -66,13 +69,16 @@ impl Safetensors {
         let mut index = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
             let file = std::fs::File::open(f).map_err(|e| Error::file(f, e.to_string()))?;
+            let bad = |m: String| Error::file(f, format!("not a safetensors file: {m}"));
+            // Only the header is mapped (to parse it); tensors are read with positioned reads.
             // SAFETY: the file is opened read-only; a concurrent writer would be a user error, as with any mmap reader.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::file(f, e.to_string()))?;
-            let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| Error::file(f, format!("not a safetensors file: {e}")))?;
+            let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
             for (name, info) in meta.tensors() {
                 index.insert(name, StEntry { shard: i, dtype: info.dtype, shape: info.shape.clone(), range: info.data_offsets });
             }
-            shards.push(Shard { map, header: 8 + n });
+            drop(map);
+            shards.push(Shard { file, path: f.clone(), header: 8 + n });
         }
         Ok(Safetensors { dir: dir.to_path_buf(), shards, index })
     }
@@ -98,7 +104,8 @@ impl Safetensors {
     pub fn load(&self, name: &str) -> Result<Option<Vec<f32>>> {
         let Some(e) = self.index.get(name) else { return Ok(None) };
         let s = &self.shards[e.shard];
-        let bytes = &s.map[s.header + e.range.0..s.header + e.range.1];
+        let mut bytes = vec![0u8; e.range.1 - e.range.0];
+        std::os::unix::fs::FileExt::read_exact_at(&s.file, &mut bytes, (s.header + e.range.0) as u64).map_err(|x| Error::file(&s.path, format!("reading tensor {name:?}: {x}")))?;
         let v: Vec<f32> = match e.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
@@ -106,10 +113,6 @@ impl Safetensors {
             Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
             other => return Err(Error::file(&self.dir, format!("tensor {name:?} has type {other:?}; merging reads F32, F16, BF16 and F64"))),
         };
-        // The values are copied out: drop the file pages from this process's resident set,
-        // so memory stays a few tensors however large the inputs are.
-        // SAFETY: a read-only file mapping; nothing borrows these pages any more (re-reading them faults them in again).
-        let _ = unsafe { s.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, s.header + e.range.0, e.range.1 - e.range.0) };
         Ok(Some(v))
     }
 }

@@ -52,7 +52,7 @@ pub fn write(base: &str, tuned: &str, out: &Path, scale: f64, shard_bytes: usize
     config[TASK_VECTOR_KEY] = serde_json::json!({"base": base, "tuned": tuned, "scale": scale});
     config["torch_dtype"] = "float32".into();
     let mut files = vec![("config.json".to_string(), serde_json::to_vec_pretty(&config).expect("json"))];
-    files.extend(t.tokenizer()?.hf_files().into_iter().map(|(n, b)| (n.to_string(), b)));
+    files.extend(super::model_tokenizer_files(&t)?);
     let readme = format!(
         "# task vector\n\n`{scale} * ({tuned} - {base})`, written by `instill task-vector`. Use it as a model in an `instill merge` YAML: its tensors are deltas over the merge's base_model.\n"
     );
