@@ -179,8 +179,8 @@ fn check_slice(cfg: &MergeConfig, method: &dyn MergeMethod, s: &Slice, i: usize)
     }
     let base = s.base_model.as_ref().or(cfg.base_model.as_ref());
     let has_base = base.is_some_and(|b| s.sources.iter().any(|src| &src.model == b));
-    if method.contract().base != BasePolicy::Ignored && base.is_some() && !has_base {
-        return Err(Error::Input(format!("slices[{i}]: base_model {} is not among the inputs", base.expect("checked"))));
+    if let Some(b) = base.filter(|_| method.contract().base != BasePolicy::Ignored && !has_base) {
+        return Err(Error::Input(format!("slices[{i}]: base_model {b} is not among the inputs")));
     }
     method.contract().check(method.name(), s.sources.len(), has_base, &format!("slices[{i}]"))
 }

@@ -120,7 +120,7 @@ impl HfWriter {
             offset += b;
         }
         let mut text = serde_json::to_vec(&h).expect("json");
-        while text.len() % 8 != 0 {
+        while !text.len().is_multiple_of(8) {
             text.push(b' ');
         }
         let mut out = (text.len() as u64).to_le_bytes().to_vec();
