@@ -170,7 +170,7 @@ impl Merge {
         }
         let (base, inputs, shape) = self.align_vocab(t, base, inputs)?;
         let g = Group { name: t.name.clone(), shape, base, inputs, params: t.params.clone(), seed: self.seed ^ fnv(&t.name), paper: self.paper };
-        let mut out = self.method.merge(&g)?;
+        let mut out = self.method.merge(g)?;
         self.out_type.round(&mut out);
         Ok(out)
     }

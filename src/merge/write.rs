@@ -144,11 +144,14 @@ impl HfWriter {
             w.write_all(&self.header(&self.shards[shard])).map_err(|e| Error::file(&path, e.to_string()))?;
             self.current = Some((shard, w));
         }
-        let bytes = self.ty.encode(data);
-        self.bytes += bytes.len() as u64;
         let (s, w) = self.current.as_mut().expect("open");
         let file = &self.shards[*s].file;
-        w.write_all(&bytes).map_err(|e| Error::file(self.tmp.join(file), e.to_string()))?;
+        // Encoded a slice at a time: no second copy of a large tensor.
+        for chunk in data.chunks(1 << 20) {
+            let bytes = self.ty.encode(chunk);
+            self.bytes += bytes.len() as u64;
+            w.write_all(&bytes).map_err(|e| Error::file(self.tmp.join(file), e.to_string()))?;
+        }
         self.next += 1;
         Ok(())
     }

@@ -42,6 +42,9 @@ pub struct Generalized {
 
 impl Generalized {
     fn sparse(&self, g: &Group, i: usize, delta: Vec<f32>) -> Result<Vec<f32>> {
+        if self.sparsify.is_none() || g.params.input_f(i, "density") >= 1.0 {
+            return Ok(delta);
+        }
         let p = &g.params;
         let density = p.input_f(i, "density");
         let rescale = p.b("rescale");
@@ -58,12 +61,10 @@ impl Generalized {
         })
     }
 
-    /// Signs elected per entry, inputs of the other sign dropped; returns (mixed, divisor).
+    /// Signs elected per entry, inputs of the other sign dropped, added to `out` (the base).
     /// `deltas` are sparsified but not yet weighted.
-    fn consensus(&self, deltas: &[Vec<f32>], weights: &[f32], paper: bool, n: usize) -> (Vec<f32>, Vec<f32>) {
-        let mut mixed = vec![0f32; n];
-        let mut divisor = vec![0f32; n];
-        mixed.par_iter_mut().zip(divisor.par_iter_mut()).enumerate().for_each(|(j, (m, d))| {
+    fn consensus(&self, out: &mut [f32], deltas: &[Vec<f32>], weights: &[f32], paper: bool, normalize: bool, lambda: f32) {
+        out.par_iter_mut().enumerate().for_each(|(j, b)| {
             let voter = |x: &Vec<f32>, w: &f32| if paper { x[j] } else { x[j] * w };
             let vote: f32 = deltas.iter().zip(weights).map(|(x, w)| voter(x, w)).sum();
             let majority = if vote >= 0.0 { 1.0 } else { -1.0 };
@@ -75,10 +76,14 @@ impl Generalized {
                     w_sum += if paper { 1.0 } else { *w };
                 }
             }
-            *m = s;
-            *d = if w_sum == 0.0 { 1.0 } else { w_sum };
+            if normalize {
+                s /= if w_sum == 0.0 { 1.0 } else { w_sum };
+            }
+            if lambda != 1.0 {
+                s *= lambda;
+            }
+            *b += s;
         });
-        (mixed, divisor)
     }
 }
 
@@ -112,41 +117,38 @@ impl MergeMethod for Generalized {
         self.consensus.is_some() || matches!(self.sparsify, Some(Sparsify::Random | Sparsify::DellaMagprune))
     }
 
-    fn merge(&self, g: &Group) -> Result<Vec<f32>> {
-        let base = g.base();
+    fn merge(&self, mut g: Group) -> Result<Vec<f32>> {
         if g.inputs.is_empty() {
-            return Ok(base.to_vec());
+            return Ok(g.base.take().expect("the contract requires a base"));
         }
         let weights: Vec<f32> = (0..g.inputs.len()).map(|i| g.params.input_f(i, "weight") as f32).collect();
-        let deltas = (0..g.inputs.len()).map(|i| self.sparse(g, i, g.delta(i))).collect::<Result<Vec<_>>>()?;
-        let n = base.len();
-        let (mut mixed, divisor) = match self.consensus {
-            Some(Consensus::Sum) => {
-                let (m, d) = self.consensus(&deltas, &weights, g.paper, n);
-                (m, Some(d))
-            }
+        let mut deltas = Vec::with_capacity(weights.len());
+        for i in 0..weights.len() {
+            let d = g.take_delta(i);
+            deltas.push(self.sparse(&g, i, d)?);
+        }
+        let (normalize, lambda) = (g.params.b("normalize"), g.params.f("lambda") as f32);
+        let mut out = g.base.take().expect("the contract requires a base");
+        match self.consensus {
+            Some(Consensus::Sum) => self.consensus(&mut out, &deltas, &weights, g.paper, normalize, lambda),
             None => {
-                let mut m = vec![0f32; n];
-                for (d, w) in deltas.iter().zip(&weights) {
-                    m.par_iter_mut().zip(d).for_each(|(a, b)| *a += b * w);
-                }
-                (m, None)
-            }
-        };
-        if g.params.b("normalize") {
-            match divisor {
-                Some(d) => mixed.par_iter_mut().zip(&d).for_each(|(m, d)| *m /= d),
-                None => {
-                    let s: f32 = weights.iter().sum();
-                    let s = if s.abs() < 1e-8 { 1.0 } else { s };
-                    mixed.par_iter_mut().for_each(|m| *m /= s);
-                }
+                let s: f32 = weights.iter().sum();
+                let s = if !normalize || s.abs() < 1e-8 { 1.0 } else { s };
+                out.par_iter_mut().enumerate().for_each(|(j, b)| {
+                    let mut m = 0f32;
+                    for (d, w) in deltas.iter().zip(&weights) {
+                        m += d[j] * w;
+                    }
+                    if normalize {
+                        m /= s;
+                    }
+                    if lambda != 1.0 {
+                        m *= lambda;
+                    }
+                    *b += m;
+                });
             }
         }
-        let lambda = g.params.f("lambda") as f32;
-        if lambda != 1.0 {
-            mixed.par_iter_mut().for_each(|m| *m *= lambda);
-        }
-        Ok(base.par_iter().zip(&mixed).map(|(b, m)| b + m).collect())
+        Ok(out)
     }
 }

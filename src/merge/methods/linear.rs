@@ -20,7 +20,7 @@ impl MergeMethod for Linear {
         Contract::new(BasePolicy::Ignored, 1, None)
     }
 
-    fn merge(&self, g: &Group) -> Result<Vec<f32>> {
+    fn merge(&self, g: Group) -> Result<Vec<f32>> {
         let n: usize = g.shape.iter().product();
         let mut out = vec![0f32; n];
         let mut total = 0f32;

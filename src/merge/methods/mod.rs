@@ -11,6 +11,7 @@ pub mod sparsify;
 use super::config::{Kind, ParamValue};
 use crate::{Error, Result};
 use generalized::{Consensus, Generalized, Sparsify};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 /// Which inputs a parameter is given for (mergekit's `ParameterScope`).
@@ -155,6 +156,19 @@ impl Group {
         }
     }
 
+    /// Input `i`'s delta over the base, computed in place of its values.
+    pub fn take_delta(&mut self, i: usize) -> Vec<f32> {
+        let v = std::mem::replace(&mut self.inputs[i], Values::Delta(vec![]));
+        match v {
+            Values::Delta(d) => d,
+            Values::Full(mut v) => {
+                let base = self.base.as_deref().expect("the contract requires a base");
+                v.par_iter_mut().zip(base.par_iter()).for_each(|(x, b)| *x -= b);
+                v
+            }
+        }
+    }
+
     /// Input `i`'s values (a delta is added to the base).
     pub fn full(&self, i: usize) -> std::borrow::Cow<'_, [f32]> {
         match &self.inputs[i] {
@@ -181,7 +195,7 @@ pub trait MergeMethod: Sync {
     fn params(&self) -> Vec<ParamSpec>;
     fn contract(&self) -> Contract;
     /// The merged tensor (f32, the group's shape).
-    fn merge(&self, g: &Group) -> Result<Vec<f32>>;
+    fn merge(&self, g: Group) -> Result<Vec<f32>>;
     /// Whether `--method-variant paper` changes this method.
     fn has_paper_variant(&self) -> bool {
         false

@@ -40,7 +40,7 @@ impl MergeMethod for ModelStock {
         Contract::new(BasePolicy::Required, 3, None)
     }
 
-    fn merge(&self, g: &Group) -> Result<Vec<f32>> {
+    fn merge(&self, g: Group) -> Result<Vec<f32>> {
         let w0 = g.base();
         let ws: Vec<std::borrow::Cow<'_, [f32]>> = (0..g.inputs.len()).map(|i| g.full(i)).collect();
         let n = w0.len();

@@ -34,7 +34,7 @@ impl MergeMethod for NuSlerp {
         Contract { min_non_base: 2, max_non_base: Some(2), ..Contract::new(BasePolicy::Optional, 1, None) }
     }
 
-    fn merge(&self, g: &Group) -> Result<Vec<f32>> {
+    fn merge(&self, g: Group) -> Result<Vec<f32>> {
         let (w0, w1) = (g.params.input_f(0, "weight"), g.params.input_f(1, "weight"));
         let total = w0 + w1;
         let t = if total.abs() < 1e-6 { 0.5 } else { w1 / total };

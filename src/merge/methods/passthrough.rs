@@ -19,7 +19,7 @@ impl MergeMethod for Passthrough {
         Contract::new(BasePolicy::Ignored, 1, Some(1))
     }
 
-    fn merge(&self, g: &Group) -> Result<Vec<f32>> {
+    fn merge(&self, g: Group) -> Result<Vec<f32>> {
         let x = g.full(0).into_owned();
         let s = g.params.input_f(0, "scale") as f32;
         Ok(if s == 1.0 { x } else { x.into_iter().map(|v| v * s).collect() })

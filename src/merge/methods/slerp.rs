@@ -38,7 +38,7 @@ impl MergeMethod for Slerp {
         Contract::new(BasePolicy::Required, 2, Some(2))
     }
 
-    fn merge(&self, g: &Group) -> Result<Vec<f32>> {
+    fn merge(&self, g: Group) -> Result<Vec<f32>> {
         let (a, b) = (g.base(), g.full(0));
         let (ca, cb) = coefficients(g.params.f("t"), a, &b);
         Ok(a.par_iter().zip(b.par_iter()).map(|(x, y)| ca * x + cb * y).collect())

@@ -19,15 +19,26 @@ pub fn rescale_l1(orig: &[f32], kept: &mut [f32]) {
     kept.par_iter_mut().for_each(|x| *x *= s);
 }
 
-/// Positions by |x| descending (ties: lower index first); only the first `k` are sorted into place.
-fn top_k(x: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..x.len()).collect();
-    let cmp = |a: &usize, b: &usize| x[*b].abs().total_cmp(&x[*a].abs()).then(a.cmp(b));
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k, cmp);
-        idx.truncate(k);
-    }
-    idx
+/// `x` with only its `k` largest magnitudes kept (ties: lower index first), found by
+/// selecting the k-th largest magnitude (one f32 copy, no index array).
+fn keep_top_k(x: &[f32], k: usize) -> Vec<f32> {
+    use std::cmp::Ordering::{Equal, Greater};
+    let mut mags: Vec<f32> = x.par_iter().map(|v| v.abs()).collect();
+    let (_, kth, _) = mags.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let thr = *kth;
+    drop(mags);
+    let above = x.par_iter().filter(|v| v.abs().total_cmp(&thr) == Greater).count();
+    let mut ties = k - above;
+    x.iter()
+        .map(|v| match v.abs().total_cmp(&thr) {
+            Greater => *v,
+            Equal if ties > 0 => {
+                ties -= 1;
+                *v
+            }
+            _ => 0.0,
+        })
+        .collect()
 }
 
 fn masked(x: &[f32], keep: &[usize]) -> Vec<f32> {
@@ -46,8 +57,8 @@ pub fn magnitude(x: &[f32], density: f64, rescale: bool) -> Vec<f32> {
     if density <= 0.0 || x.is_empty() {
         return vec![0.0; x.len()];
     }
-    let k = ((density * x.len() as f64) as usize).max(1);
-    let mut out = masked(x, &top_k(x, k));
+    let k = ((density * x.len() as f64) as usize).max(1).min(x.len());
+    let mut out = keep_top_k(x, k);
     if rescale {
         rescale_l1(x, &mut out);
     }
