@@ -62,7 +62,8 @@ fn prepare(model: &str, dir: &Path) -> Result<()> {
 /// Run `instill merge` as a child: (seconds, peak RSS MiB from its VmHWM).
 fn instill_merge(config: &Path, out: &Path) -> Result<(f64, f64)> {
     let t = Instant::now();
-    let mut child = std::process::Command::new(std::env::current_exe()?).arg("merge").arg(config).arg("--out").arg(out).stderr(std::process::Stdio::null()).stdout(std::process::Stdio::null()).spawn()?;
+    let mut child =
+        std::process::Command::new(std::env::current_exe()?).arg("merge").arg(config).arg("--out").arg(out).stderr(std::process::Stdio::null()).stdout(std::process::Stdio::null()).spawn()?;
     let status = format!("/proc/{}/status", child.id());
     let mut peak_kb = 0u64;
     let st = loop {

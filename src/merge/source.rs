@@ -43,6 +43,9 @@ struct Shard {
     header: usize,
 }
 
+/// The raw bytes of the last tensor read, reused (no fresh pages per tensor).
+static SCRATCH: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
 struct StEntry {
     shard: usize,
     dtype: Dtype,
@@ -104,13 +107,19 @@ impl Safetensors {
     pub fn load(&self, name: &str) -> Result<Option<Vec<f32>>> {
         let Some(e) = self.index.get(name) else { return Ok(None) };
         let s = &self.shards[e.shard];
-        let mut bytes = vec![0u8; e.range.1 - e.range.0];
-        std::os::unix::fs::FileExt::read_exact_at(&s.file, &mut bytes, (s.header + e.range.0) as u64).map_err(|x| Error::file(&s.path, format!("reading tensor {name:?}: {x}")))?;
+        let n = e.range.1 - e.range.0;
+        let mut scratch = SCRATCH.lock().expect("scratch");
+        if scratch.len() < n {
+            scratch.resize(n, 0);
+        }
+        let bytes = &mut scratch[..n];
+        std::os::unix::fs::FileExt::read_exact_at(&s.file, bytes, (s.header + e.range.0) as u64).map_err(|x| Error::file(&s.path, format!("reading tensor {name:?}: {x}")))?;
+        use rayon::prelude::*;
         let v: Vec<f32> = match e.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
+            Dtype::F32 => bytes.par_chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.par_chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.par_chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F64 => bytes.par_chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
             other => return Err(Error::file(&self.dir, format!("tensor {name:?} has type {other:?}; merging reads F32, F16, BF16 and F64"))),
         };
         Ok(Some(v))

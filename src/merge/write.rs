@@ -3,6 +3,7 @@
 //! as they are merged (one in memory at a time). Everything goes into `DIR.partial`,
 //! renamed to `DIR` at the end (removed on failure).
 use crate::{Error, Result};
+use rayon::prelude::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -51,17 +52,25 @@ impl OutType {
     pub fn round(self, x: &mut [f32]) {
         match self {
             OutType::F32 => {}
-            OutType::F16 => x.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
-            OutType::Bf16 => x.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+            OutType::F16 => x.par_iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+            OutType::Bf16 => x.par_iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
         }
     }
 
+    /// Little-endian bytes of `x` in this type.
     pub fn encode(self, x: &[f32]) -> Vec<u8> {
-        match self {
-            OutType::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            OutType::F16 => x.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-            OutType::Bf16 => x.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
-        }
+        let size = self.size();
+        let mut out = vec![0u8; x.len() * size];
+        out.par_chunks_mut(size * 4096).zip(x.par_chunks(4096)).for_each(|(o, x)| {
+            for (o, v) in o.chunks_exact_mut(size).zip(x) {
+                match self {
+                    OutType::F32 => o.copy_from_slice(&v.to_le_bytes()),
+                    OutType::F16 => o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes()),
+                    OutType::Bf16 => o.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes()),
+                }
+            }
+        });
+        out
     }
 }
 
@@ -159,7 +168,7 @@ impl HfWriter {
     fn close_current(&mut self) -> Result<()> {
         if let Some((s, w)) = self.current.take() {
             let path = self.tmp.join(&self.shards[s].file);
-            w.into_inner().map_err(|e| Error::file(&path, e.to_string()))?.sync_all().map_err(|e| Error::file(&path, e.to_string()))?;
+            w.into_inner().map_err(|e| Error::file(&path, e.to_string()))?;
         }
         Ok(())
     }

@@ -12,11 +12,25 @@ const EPS: f64 = 1e-8;
 
 /// `(coef_a, coef_b)` so that the result is `coef_a * a + coef_b * b`.
 pub fn coefficients(t: f64, a: &[f32], b: &[f32]) -> (f32, f32) {
-    let norm = |v: &[f32]| v.par_iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
-    let (na, nb) = (norm(a), norm(b));
+    // One pass: |a|^2, |b|^2 and a.b, f64 sums of f32 chunks.
+    let (aa, bb, ab) = a
+        .par_chunks(4096)
+        .zip(b.par_chunks(4096))
+        .map(|(x, y)| {
+            let (mut aa, mut bb, mut ab) = (0f64, 0f64, 0f64);
+            for (p, q) in x.iter().zip(y) {
+                let (p, q) = (*p as f64, *q as f64);
+                aa += p * p;
+                bb += q * q;
+                ab += p * q;
+            }
+            (aa, bb, ab)
+        })
+        .reduce(|| (0.0, 0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1, x.2 + y.2));
+    let (na, nb) = (aa.sqrt(), bb.sqrt());
     let na = if na > EPS { na } else { 1.0 };
     let nb = if nb > EPS { nb } else { 1.0 };
-    let dot = a.par_iter().zip(b).map(|(x, y)| (*x as f64 / na) * (*y as f64 / nb)).sum::<f64>().clamp(-1.0, 1.0);
+    let dot = (ab / (na * nb)).clamp(-1.0, 1.0);
     if dot.abs() > DOT_THRESHOLD {
         return ((1.0 - t) as f32, t as f32);
     }
