@@ -9,6 +9,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod hub;
+pub mod merge;
 pub mod model;
 pub mod peft;
 pub mod plot;

@@ -18,6 +18,8 @@ pub enum BenchCmd {
     Eval(super::bench_eval::EvalBench),
     /// DPO tokens/s and peak memory against TRL's DPOTrainer and a PyTorch + PEFT loop.
     Dpo(super::bench_dpo::DpoBench),
+    /// TIES and SLERP merge wall time and peak RSS against mergekit.
+    Merge(super::bench_merge::MergeBench),
     /// Server output tokens/s and time to first token at several concurrencies against llama.cpp's server.
     Serve(super::bench_serve::ServeBench),
     /// Proxy-tuned decoding time per token against the large model alone.
@@ -51,6 +53,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
         BenchCmd::Eval(e) => return super::bench_eval::run(e),
         BenchCmd::Serve(s) => return super::bench_serve::run(s),
         BenchCmd::Steer(s) => return super::bench_steer::run(s),
+        BenchCmd::Merge(m) => return super::bench_merge::run(m),
     };
     let threads = rayon::current_num_threads();
     let bw = memory_read_bandwidth(threads);

@@ -3,6 +3,7 @@ mod bench;
 mod bench_data;
 mod bench_dpo;
 mod bench_eval;
+mod bench_merge;
 mod bench_serve;
 mod bench_steer;
 mod bench_train;
@@ -13,6 +14,7 @@ mod export;
 mod fetch;
 mod generate;
 mod inspect;
+mod merge;
 mod pairs;
 mod reward;
 mod serve;
@@ -53,6 +55,10 @@ enum Cmd {
     Sft(train::TrainArgs),
     /// Write a model as a Hugging Face directory, or a GGUF file (--gguf, --gguf-adapter) for llama.cpp and ollama.
     Export(export::ExportArgs),
+    /// Merge models as a mergekit YAML describes (linear, task_arithmetic, ties, dare, della, breadcrumbs, model_stock, slerp, nuslerp, passthrough).
+    Merge(merge::MergeArgs),
+    /// Write a task vector (tuned - base), usable as a model in a merge YAML.
+    TaskVector(merge::TaskVectorArgs),
     /// Evaluate a model (with an adapter) on SuperNI, GSM8K or any JSONL; compare reports.
     #[command(subcommand)]
     Eval(eval::EvalCmd),
@@ -124,6 +130,8 @@ pub fn run() -> Result<()> {
         Cmd::Generate(a) => generate::run(a),
         Cmd::Chat(a) => chat::run(a),
         Cmd::Export(a) => export::run(a),
+        Cmd::Merge(a) => merge::run(a),
+        Cmd::TaskVector(a) => merge::task_vector(a),
         Cmd::Train(a) => train::run(a, false),
         Cmd::Sft(a) => train::run(a, true),
         Cmd::Data(d) => data::run(d),

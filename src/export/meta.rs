@@ -23,7 +23,7 @@ fn s(v: &str) -> Value {
 }
 
 /// Sorted by key with `general.architecture` first, then the writer's own keys.
-fn finish(mut kv: Vec<(String, Value)>, quant: Quant) -> Vec<(String, Value)> {
+pub fn finish(mut kv: Vec<(String, Value)>, quant: Quant) -> Vec<(String, Value)> {
     kv.retain(|(k, _)| !OWN_KEYS.contains(&k.as_str()));
     kv.sort_by(|a, b| (a.0 != "general.architecture", &a.0).cmp(&(b.0 != "general.architecture", &b.0)));
     kv.push(("general.quantization_version".into(), Value::U32(2)));
