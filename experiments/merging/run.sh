@@ -12,8 +12,10 @@ for g in bbh mmlu other; do
   grep -o 'tasks/[^ ]*\.json' experiments/merging/$g.yaml | sed 's#tasks/##; s#\.json##; s/.*/"task": "&"/' > runs/eval/$g.tasks
   grep -F -f runs/eval/$g.tasks ../shared/data/superni/eval_dev.jsonl > runs/eval/$g.jsonl
 done
+# The other group has 12 training instances (a single packed step a epoch): 5 epochs.
 for g in bbh mmlu other all; do
-  [ -d runs/merge-$g/adapter ] || $bin sft experiments/merging/lora-smollm2.yaml --set name=merge-$g --set data.0.path=$g.yaml
+  epochs=1; [ $g = other ] && epochs=5
+  [ -d runs/merge-$g/adapter ] || $bin sft experiments/merging/lora-smollm2.yaml --set name=merge-$g --set data.0.path=$g.yaml --set epochs=$epochs
 done
 for m in linear ties dare_ties breadcrumbs; do
   [ -f runs/merged-$m/config.json ] || $bin merge experiments/merging/$m.yaml --out runs/merged-$m --seed 0
