@@ -293,7 +293,10 @@ fn smol_dir() -> Option<PathBuf> {
                 return None;
             }
         };
-        let d = common::tmpdir("merge-smol");
+        // Under the target directory, replaced by each run (not a new copy per run in /tmp).
+        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("merge-smol");
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
         let model = instill::CausalLm::load(&src, &instill::LoadOptions { dequantize: true, ..Default::default() }).unwrap();
         let tok = instill::Tokenizer::load(&src).unwrap();
         instill::model::weights::save_hf_dir(&d.join("base"), model.arch, &model.config, model.named_tensors().unwrap(), DType::F32, 2_000_000_000, &tok.hf_files()).unwrap();
