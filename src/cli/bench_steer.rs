@@ -38,19 +38,26 @@ const PROMPTS: &[&str] = &[
     "What does the `yield` keyword do in Python?",
 ];
 
-/// Seconds per decode step: the time for `n + 1` tokens minus the time for 1, over `n`.
-fn per_token(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: &GenerateOptions, n: usize, reps: usize) -> Result<f64> {
-    let time = |k: usize| -> Result<f64> {
-        let o = GenerateOptions { max_new_tokens: k, min_new_tokens: k, ignore_eos: true, ..opts.clone() };
-        let mut best = f64::INFINITY;
-        for _ in 0..reps {
-            let t = Instant::now();
-            generate(model, tok, prompts, &o, &mut |_, _| {})?;
-            best = best.min(t.elapsed().as_secs_f64());
+/// Seconds for `k` new tokens of every prompt (EOS ignored).
+fn time(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: &GenerateOptions, k: usize) -> Result<f64> {
+    let o = GenerateOptions { max_new_tokens: k, min_new_tokens: k, ignore_eos: true, ..opts.clone() };
+    let t = Instant::now();
+    generate(model, tok, prompts, &o, &mut |_, _| {})?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Seconds per decode step of each configuration: the time for `n + 1` tokens minus the
+/// time for 1, over `n`, best of `reps`. The configurations take turns within each
+/// repetition, so a change in the machine's load falls on all of them alike.
+fn per_token(runs: &[(&CausalLm, &Tokenizer, &GenerateOptions)], prompts: &[Vec<u32>], n: usize, reps: usize) -> Result<Vec<f64>> {
+    let mut best = vec![f64::INFINITY; runs.len()];
+    for _ in 0..reps {
+        for (b, (m, t, o)) in best.iter_mut().zip(runs) {
+            let d = (time(m, t, prompts, o, n + 1)? - time(m, t, prompts, o, 1)?) / n as f64;
+            *b = b.min(d);
         }
-        Ok(best)
-    };
-    Ok((time(n + 1)? - time(1)?) / n as f64)
+    }
+    Ok(best)
 }
 
 pub fn run(a: SteerBench) -> Result<()> {
@@ -64,9 +71,9 @@ pub fn run(a: SteerBench) -> Result<()> {
     println!("|---|---|---|---|---|---|");
     for &b in &a.batch {
         let prompts: Vec<Vec<u32>> = (0..b).map(|i| tok.encode_chat(None, &[serde_json::json!({"role": "user", "content": PROMPTS[i % PROMPTS.len()]})])).collect::<instill::Result<_>>()?;
-        let s = per_token(&small, &stok, &prompts, &Default::default(), a.tokens, a.reps)?;
-        let l = per_token(&model, &tok, &prompts, &Default::default(), a.tokens, a.reps)?;
-        let p = per_token(&model, &tok, &prompts, &proxy, a.tokens, a.reps)?;
+        let plain = GenerateOptions::default();
+        let t = per_token(&[(&small, &stok, &plain), (&model, &tok, &plain), (&model, &tok, &proxy)], &prompts, a.tokens, a.reps)?;
+        let (s, l, p) = (t[0], t[1], t[2]);
         println!("| {b} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.1} |", s * 1e3, l * 1e3, p * 1e3, p / l, b as f64 / p);
     }
     Ok(())
