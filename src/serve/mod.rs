@@ -2,6 +2,7 @@
 //! engine (`engine.rs`) that decodes requests for the base and for many adapters in one
 //! batch. Handlers only parse, check and format; generation is the engine's.
 pub use crate::peft::multi as adapters;
+mod body;
 mod chat;
 mod completions;
 pub mod engine;
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
             .into_response()
         })
         .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method not allowed on this endpoint").into_response() })
+        .layer(axum::middleware::from_fn_with_state(max_body, body::limit))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
