@@ -24,6 +24,8 @@ pub enum BenchCmd {
     Serve(super::bench_serve::ServeBench),
     /// Proxy-tuned decoding time per token against the large model alone.
     Steer(super::bench_steer::SteerBench),
+    /// Our f32 / bf16 GEMM against candle's and torch.matmul at the models' shapes.
+    Gemm(super::bench_gemm::GemmBench),
 }
 
 #[derive(Args)]
@@ -54,6 +56,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
         BenchCmd::Serve(s) => return super::bench_serve::run(s),
         BenchCmd::Steer(s) => return super::bench_steer::run(s),
         BenchCmd::Merge(m) => return super::bench_merge::run(m),
+        BenchCmd::Gemm(g) => return super::bench_gemm::run(g),
     };
     let threads = rayon::current_num_threads();
     let bw = memory_read_bandwidth(threads);

@@ -3,6 +3,7 @@ mod bench;
 mod bench_data;
 mod bench_dpo;
 mod bench_eval;
+mod bench_gemm;
 mod bench_merge;
 mod bench_serve;
 mod bench_steer;

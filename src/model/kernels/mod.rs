@@ -1,3 +1,4 @@
 //! Hand-written kernels for hot paths no crate serves well (each tested against the plain op).
+pub mod gemm;
 pub mod ggml_gemv;
 pub mod qgemv;

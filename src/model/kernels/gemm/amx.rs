@@ -1,0 +1,139 @@
+//! The AMX bf16 micro-kernel (Sapphire Rapids and later): `tdpbf16ps` multiplies a
+//! 16 x 32 bf16 tile by a 32 x 16 one into a 16 x 16 f32 tile, 8,192 multiply-adds per
+//! instruction. A 32 x 32 tile of C lives in four tile registers (tmm0-3); per 32 values
+//! of k it loads two A tiles (tmm4-5) and two B tiles (tmm6-7).
+//!
+//! Written with `asm!` (the AMX intrinsics are not stable Rust). The tile registers are
+//! never touched by compiled code, so each instruction is its own `asm!` block.
+use super::bf16::pair;
+use super::{Elem, Kernel, MatRef};
+use std::arch::asm;
+use std::sync::OnceLock;
+
+/// AMX-BF16 in the CPU, and the kernel's permission to use the tile data (Linux asks each
+/// process to request it: `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`).
+pub fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        if std::env::var("INSTILL_GEMM_AMX").as_deref() == Ok("0") {
+            return false;
+        }
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        let (tile, bf16) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 22 & 1 == 1);
+        if !(tile && bf16 && std::arch::is_x86_feature_detected!("avx512f")) {
+            return false;
+        }
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain syscall; it fails cleanly on kernels without AMX support.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    })
+}
+
+/// Panel layout of A: `[k block of 32][row of MR][16 pairs]`, so a 16-row tile is 1 KiB
+/// contiguous (stride 64 bytes).
+fn pack_a<A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &mut [u32]) {
+    let steps = kc.div_ceil(32) * 16;
+    for (q, panel) in out.chunks_mut(32 * steps).take(mc.div_ceil(32)).enumerate() {
+        let rows = 32.min(mc - q * 32);
+        if rows < 32 || kc % 32 != 0 {
+            panel.fill(0);
+        }
+        for i in 0..rows {
+            let r = a.offset(q * 32 + i, 0);
+            for p in 0..kc.div_ceil(2) {
+                let hi = (2 * p + 1 < kc).then(|| r.data[(2 * p + 1) * r.cs]);
+                panel[(p / 16 * 32 + i) * 16 + p % 16] = pair(r.data[2 * p * r.cs], hi);
+            }
+        }
+    }
+}
+
+/// Panel layout of B: `[k pair][32 columns]` (the AVX512-BF16 kernel's), zero-padded to
+/// whole blocks of 32 k values; a tile is 16 pairs of 16 columns at stride 128 bytes.
+fn pack_b<B: Elem>(b: MatRef<B>, kc: usize, nc: usize, out: &mut [u32]) {
+    let steps = kc.div_ceil(32) * 16;
+    let real = kc.div_ceil(2);
+    for (q, panel) in out.chunks_mut(32 * steps).take(nc.div_ceil(32)).enumerate() {
+        super::bf16::pack_b::<32, B>(b.offset(0, q * 32), kc, 32.min(nc - q * 32), &mut panel[..32 * real]);
+        panel[32 * real..].fill(0);
+    }
+}
+
+pub(super) struct Amx;
+
+impl Kernel for Amx {
+    const MR: usize = 32;
+    const NR: usize = 32;
+    const KU: usize = 2;
+    const STEP_ALIGN: usize = 16;
+    type P = u32;
+    const KC: usize = 512;
+    const MC: usize = 256;
+    fn pack_a<A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &mut [u32]) {
+        pack_a(a, mc, kc, out)
+    }
+    fn pack_b<B: Elem>(b: MatRef<B>, kc: usize, nc: usize, out: &mut [u32]) {
+        pack_b(b, kc, nc, out)
+    }
+    unsafe fn tile(steps: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, add: bool) {
+        configure();
+        tile(steps, a, b, c, ldc, add)
+    }
+}
+
+thread_local! {
+    static CONFIGURED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Load the tile configuration once per thread: eight tiles of 16 rows x 64 bytes.
+fn configure() {
+    if CONFIGURED.with(|c| c.replace(true)) {
+        return;
+    }
+    let mut cfg = [0u8; 64];
+    cfg[0] = 1; // palette 1
+    for t in 0..8 {
+        cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+        cfg[48 + t] = 16;
+    }
+    // SAFETY: `available()` returned true before any kernel runs; the config is valid.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.as_ptr(), options(nostack, readonly)) };
+}
+
+/// C (32 x 32, stride `ldc`) (+)= A panel x B panel over `steps` k pairs (a multiple of 16).
+#[inline(never)]
+unsafe fn tile(steps: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, add: bool) {
+    let cs = ldc * 4;
+    let c8 = c as *mut u8;
+    let quads = [c8, c8.add(64), c8.add(16 * cs), c8.add(16 * cs + 64)];
+    if add {
+        asm!("tileloadd tmm0, [{p} + {s}]", p = in(reg) quads[0], s = in(reg) cs, options(nostack, readonly));
+        asm!("tileloadd tmm1, [{p} + {s}]", p = in(reg) quads[1], s = in(reg) cs, options(nostack, readonly));
+        asm!("tileloadd tmm2, [{p} + {s}]", p = in(reg) quads[2], s = in(reg) cs, options(nostack, readonly));
+        asm!("tileloadd tmm3, [{p} + {s}]", p = in(reg) quads[3], s = in(reg) cs, options(nostack, readonly));
+    } else {
+        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+    }
+    for kb in 0..steps / 16 {
+        let ap = a.add(kb * 32 * 16) as *const u8;
+        let bp = b.add(kb * 16 * 32) as *const u8;
+        asm!(
+            "tileloadd tmm4, [{a0} + {s64}]",
+            "tileloadd tmm5, [{a1} + {s64}]",
+            "tileloadd tmm6, [{b0} + {s128}]",
+            "tileloadd tmm7, [{b1} + {s128}]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) ap, a1 = in(reg) ap.add(16 * 64), b0 = in(reg) bp, b1 = in(reg) bp.add(64),
+            s64 = in(reg) 64usize, s128 = in(reg) 128usize,
+            options(nostack, readonly)
+        );
+    }
+    asm!("tilestored [{p} + {s}], tmm0", p = in(reg) quads[0], s = in(reg) cs, options(nostack));
+    asm!("tilestored [{p} + {s}], tmm1", p = in(reg) quads[1], s = in(reg) cs, options(nostack));
+    asm!("tilestored [{p} + {s}], tmm2", p = in(reg) quads[2], s = in(reg) cs, options(nostack));
+    asm!("tilestored [{p} + {s}], tmm3", p = in(reg) quads[3], s = in(reg) cs, options(nostack));
+}

@@ -1,0 +1,192 @@
+//! The f32 micro-kernels (AVX-512 12x32, AVX2 6x16, portable 4x16) and their packers.
+use super::{Elem, Kernel, MatRef};
+
+/// A's rows in panels of `MR`: step `p` of panel `q` holds rows `q*MR..` at column `p`.
+pub(super) fn pack_a<const MR: usize, A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &mut [f32]) {
+    for (q, panel) in out.chunks_mut(MR * kc).take(mc.div_ceil(MR)).enumerate() {
+        let rows = MR.min(mc - q * MR);
+        if rows < MR {
+            panel.fill(0.0);
+        }
+        for i in 0..rows {
+            let r = a.offset(q * MR + i, 0);
+            if r.cs == 1 {
+                for (p, v) in r.data[..kc].iter().enumerate() {
+                    panel[p * MR + i] = v.f32();
+                }
+            } else {
+                for p in 0..kc {
+                    panel[p * MR + i] = r.data[p * r.cs].f32();
+                }
+            }
+        }
+    }
+}
+
+/// B's columns in panels of `NR`: step `p` of panel `q` holds row `p`, columns `q*NR..`.
+pub(super) fn pack_b<const NR: usize, B: Elem>(b: MatRef<B>, kc: usize, nc: usize, out: &mut [f32]) {
+    for (q, panel) in out.chunks_mut(NR * kc).take(nc.div_ceil(NR)).enumerate() {
+        let cols = NR.min(nc - q * NR);
+        if cols < NR {
+            panel.fill(0.0);
+        }
+        if b.cs == 1 {
+            for p in 0..kc {
+                let row = &b.data[p * b.rs + q * NR..][..cols];
+                for (o, v) in panel[p * NR..p * NR + cols].iter_mut().zip(row) {
+                    *o = v.f32();
+                }
+            }
+        } else {
+            // Column-major B (a transposed row-major weight): each column is contiguous.
+            for j in 0..cols {
+                let col = &b.data[(q * NR + j) * b.cs..];
+                for p in 0..kc {
+                    panel[p * NR + j] = col[p * b.rs].f32();
+                }
+            }
+        }
+    }
+}
+
+/// Store or add an `MR x NR` register tile (as arrays) into C.
+#[inline(always)]
+unsafe fn store<const MR: usize, const NR: usize>(acc: &[[f32; NR]; MR], c: *mut f32, ldc: usize, add: bool) {
+    for (i, row) in acc.iter().enumerate() {
+        let dst = std::slice::from_raw_parts_mut(c.add(i * ldc), NR);
+        for (o, v) in dst.iter_mut().zip(row) {
+            *o = if add { *o + v } else { *v };
+        }
+    }
+}
+
+/// Plain Rust, 4 x 16 (the compiler vectorizes it for the baseline target).
+pub(super) struct Portable;
+
+impl Kernel for Portable {
+    const MR: usize = 4;
+    const NR: usize = 16;
+    const KU: usize = 1;
+    type P = f32;
+    fn pack_a<A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &mut [f32]) {
+        pack_a::<4, A>(a, mc, kc, out)
+    }
+    fn pack_b<B: Elem>(b: MatRef<B>, kc: usize, nc: usize, out: &mut [f32]) {
+        pack_b::<16, B>(b, kc, nc, out)
+    }
+    unsafe fn tile(steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+        let (a, b) = (std::slice::from_raw_parts(a, steps * 4), std::slice::from_raw_parts(b, steps * 16));
+        let mut acc = [[0f32; 16]; 4];
+        for (ap, bp) in a.chunks_exact(4).zip(b.chunks_exact(16)) {
+            for i in 0..4 {
+                for j in 0..16 {
+                    acc[i][j] += ap[i] * bp[j];
+                }
+            }
+        }
+        store(&acc, c, ldc, add)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use x86::{Avx2, Avx512};
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) type Avx512 = Portable;
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) type Avx2 = Portable;
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::super::{Elem, Kernel, MatRef};
+    use std::arch::x86_64::*;
+
+    /// AVX-512: 12 rows x 32 columns = 24 zmm accumulators, two B loads and 12
+    /// broadcasts per step (two FMA ports, 4-cycle latency: 8+ independent chains).
+    pub struct Avx512;
+
+    impl Kernel for Avx512 {
+        const MR: usize = 12;
+        const NR: usize = 32;
+        const KU: usize = 1;
+        type P = f32;
+        fn pack_a<A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &mut [f32]) {
+            super::pack_a::<12, A>(a, mc, kc, out)
+        }
+        fn pack_b<B: Elem>(b: MatRef<B>, kc: usize, nc: usize, out: &mut [f32]) {
+            super::pack_b::<32, B>(b, kc, nc, out)
+        }
+        unsafe fn tile(steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+            tile512(steps, a, b, c, ldc, add)
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile512(steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+        let mut r = [[_mm512_setzero_ps(); 2]; 12];
+        for p in 0..steps {
+            let b0 = _mm512_loadu_ps(b.add(p * 32));
+            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            let ap = a.add(p * 12);
+            for (i, ri) in r.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(i));
+                ri[0] = _mm512_fmadd_ps(av, b0, ri[0]);
+                ri[1] = _mm512_fmadd_ps(av, b1, ri[1]);
+            }
+        }
+        for (i, ri) in r.iter().enumerate() {
+            let d = c.add(i * ldc);
+            let (mut v0, mut v1) = (ri[0], ri[1]);
+            if add {
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(d));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(d.add(16)));
+            }
+            _mm512_storeu_ps(d, v0);
+            _mm512_storeu_ps(d.add(16), v1);
+        }
+    }
+
+    /// AVX2 + FMA: 6 rows x 16 columns = 12 ymm accumulators.
+    pub struct Avx2;
+
+    impl Kernel for Avx2 {
+        const MR: usize = 6;
+        const NR: usize = 16;
+        const KU: usize = 1;
+        type P = f32;
+        fn pack_a<A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &mut [f32]) {
+            super::pack_a::<6, A>(a, mc, kc, out)
+        }
+        fn pack_b<B: Elem>(b: MatRef<B>, kc: usize, nc: usize, out: &mut [f32]) {
+            super::pack_b::<16, B>(b, kc, nc, out)
+        }
+        unsafe fn tile(steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+            tile256(steps, a, b, c, ldc, add)
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile256(steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+        let mut r = [[_mm256_setzero_ps(); 2]; 6];
+        for p in 0..steps {
+            let b0 = _mm256_loadu_ps(b.add(p * 16));
+            let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
+            let ap = a.add(p * 6);
+            for (i, ri) in r.iter_mut().enumerate() {
+                let av = _mm256_set1_ps(*ap.add(i));
+                ri[0] = _mm256_fmadd_ps(av, b0, ri[0]);
+                ri[1] = _mm256_fmadd_ps(av, b1, ri[1]);
+            }
+        }
+        for (i, ri) in r.iter().enumerate() {
+            let d = c.add(i * ldc);
+            let (mut v0, mut v1) = (ri[0], ri[1]);
+            if add {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(d.add(8)));
+            }
+            _mm256_storeu_ps(d, v0);
+            _mm256_storeu_ps(d.add(8), v1);
+        }
+    }
+}
