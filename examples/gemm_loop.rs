@@ -10,10 +10,13 @@ fn main() {
     let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
     let wb: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
     let mut c = vec![0f32; m * n];
+    let (xt, wt) = (candle_core::Tensor::from_slice(&x, (m, k), &candle_core::Device::Cpu).unwrap(), candle_core::Tensor::from_slice(&w, (n, k), &candle_core::Device::Cpu).unwrap());
     let t = std::time::Instant::now();
     instill::model::on_workers(|| {
         for _ in 0..iters {
             match kind {
+                "split" => gemm::run(m, n, k, MatRef::new(&x[..], k, 1), MatRef::new(&wb[..], 1, k), &mut c, n, false, gemm::isa(), Precision::AmxSplit),
+                "candle" => drop(xt.matmul(&wt.t().unwrap()).unwrap()),
                 "amx" => gemm::run(m, n, k, MatRef::new(&x[..], k, 1), MatRef::new(&wb[..], 1, k), &mut c, n, false, gemm::isa(), Precision::Amx),
                 "bf16" => gemm::run(m, n, k, MatRef::new(&x[..], k, 1), MatRef::new(&wb[..], 1, k), &mut c, n, false, gemm::isa(), Precision::Bf16),
                 "avx2" => gemm::run(m, n, k, MatRef::new(&x[..], k, 1), MatRef::new(&w[..], 1, k), &mut c, n, false, Isa::Avx2, Precision::F32),

@@ -239,10 +239,17 @@ impl CustomOp1 for FrozenLinearOp {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let w = self.linear.dense_weight().map_err(candle_core::Error::wrap)?;
+        // A dense weight is read as it is (bf16 too: then the upstream gradient enters as
+        // two bf16 parts, as in the forward pass); a quantized one is dequantized and, as
+        // in its forward pass, rounded to bf16 for AMX.
+        use super::kernels::gemm::{tensor::matmul_with, Precision};
+        let (w, p) = match &self.linear.weight {
+            super::linear::LinearWeight::Dense(w) => (w.clone(), super::linear::precision(w.dtype())),
+            _ => (self.linear.dense_weight().map_err(candle_core::Error::wrap)?, Precision::AmxSplit),
+        };
         let dims = g.dims().to_vec();
         let out_f = dims[dims.len() - 1];
-        let gx = g.reshape(((), out_f))?.matmul(&w)?;
+        let gx = matmul_with(&g.reshape(((), out_f))?, &w, p).map_err(candle_core::Error::wrap)?;
         let mut shape = dims;
         *shape.last_mut().expect("rank >= 1") = w.dim(1)?;
         Ok(Some(gx.reshape(shape)?))

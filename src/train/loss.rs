@@ -4,6 +4,7 @@
 //! Each chunk's gradient is formed while its logits exist, so the backward pass does not
 //! go over the vocabulary again.
 use crate::data::pack::Rows;
+use crate::model::kernels::gemm::tensor::matmul as gemm;
 use crate::model::CausalLm;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -56,7 +57,7 @@ pub fn cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> 
     let (mut gh, mut gw): (Vec<Tensor>, Option<Tensor>) = (vec![], None);
     for (c, tg) in targets.chunks(CHUNK).enumerate() {
         let hc = hd.narrow(0, c * CHUNK, tg.len())?;
-        let logits = hc.matmul(&wd.t()?)?;
+        let logits = gemm(&hc, &wd.t()?)?;
         let v = logits.dim(1)?;
         let mut p = logits.flatten_all()?.to_vec1::<f32>()?;
         // Per row: the loss, then softmax - onehot in place (the gradient of the loss with
@@ -78,10 +79,10 @@ pub fn cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> 
         if want_h || want_w {
             let p = Tensor::from_vec(p, (tg.len(), v), hd.device())?;
             if want_h {
-                gh.push(p.matmul(&wd)?);
+                gh.push(gemm(&p, &wd)?);
             }
             if want_w {
-                let d = p.t()?.matmul(&hc)?;
+                let d = gemm(&p.t()?, &hc)?;
                 gw = Some(match gw {
                     Some(acc) => (acc + d)?,
                     None => d,
@@ -112,7 +113,7 @@ fn weighted_w_grad(h: &Tensor, w: &Tensor, targets: &[u32], g: &[f32]) -> candle
     let mut acc: Option<Tensor> = None;
     for (c, tg) in targets.chunks(CHUNK).enumerate() {
         let hc = h.narrow(0, c * CHUNK, tg.len())?;
-        let logits = hc.matmul(&w.t()?)?;
+        let logits = gemm(&hc, &w.t()?).map_err(candle_core::Error::wrap)?;
         let v = logits.dim(1)?;
         let mut p = logits.flatten_all()?.to_vec1::<f32>()?;
         let gc = &g[c * CHUNK..c * CHUNK + tg.len()];
@@ -123,7 +124,7 @@ fn weighted_w_grad(h: &Tensor, w: &Tensor, targets: &[u32], g: &[f32]) -> candle
             row[t as usize] -= 1.0;
             row.iter_mut().for_each(|x| *x *= gi);
         });
-        let d = Tensor::from_vec(p, (tg.len(), v), h.device())?.t()?.matmul(&hc)?;
+        let d = gemm(&Tensor::from_vec(p, (tg.len(), v), h.device())?.t()?, &hc).map_err(candle_core::Error::wrap)?;
         acc = Some(match acc {
             Some(a) => (a + d)?,
             None => d,

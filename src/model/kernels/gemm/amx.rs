@@ -6,7 +6,7 @@
 //! Written with `asm!` (the AMX intrinsics are not stable Rust). The tile registers are
 //! never touched by compiled code, so each instruction is its own `asm!` block.
 use super::bf16::pair;
-use super::{Elem, Kernel, MatRef};
+use super::{Bf16, Elem, Kernel, MatRef};
 use std::arch::asm;
 use std::sync::OnceLock;
 
@@ -31,10 +31,13 @@ pub fn available() -> bool {
 }
 
 /// Panel layout of A: `[k block of 32][row of MR][16 pairs]`, so a 16-row tile is 1 KiB
-/// contiguous (stride 64 bytes).
-fn pack_a<A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &mut [u32]) {
-    let steps = kc.div_ceil(32) * 16;
-    for (q, panel) in out.chunks_mut(32 * steps).take(mc.div_ceil(32)).enumerate() {
+/// contiguous (stride 64 bytes). With `SPLIT`, each block is followed by the block of
+/// residuals `a - bf16(a)`, also in bf16: `A B = A_hi B + A_lo B` to ~16 bits, exact when
+/// B is bf16 (a bf16 weight).
+fn pack_a<const SPLIT: bool, A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &mut [u32]) {
+    let blocks = kc.div_ceil(32);
+    let rep = if SPLIT { 2 } else { 1 };
+    for (q, panel) in out.chunks_mut(32 * 16 * blocks * rep).take(mc.div_ceil(32)).enumerate() {
         let rows = 32.min(mc - q * 32);
         if rows < 32 || kc % 32 != 0 {
             panel.fill(0);
@@ -42,8 +45,14 @@ fn pack_a<A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &mut [u32]) {
         for i in 0..rows {
             let r = a.offset(q * 32 + i, 0);
             for p in 0..kc.div_ceil(2) {
-                let hi = (2 * p + 1 < kc).then(|| r.data[(2 * p + 1) * r.cs]);
-                panel[(p / 16 * 32 + i) * 16 + p % 16] = pair(r.data[2 * p * r.cs], hi);
+                let lo = r.data[2 * p * r.cs].f32();
+                let hi = if 2 * p + 1 < kc { r.data[(2 * p + 1) * r.cs].f32() } else { 0.0 };
+                let at = |part: usize| ((p / 16 * rep + part) * 32 + i) * 16 + p % 16;
+                let (blo, bhi) = (Bf16::from_f32(lo), Bf16::from_f32(hi));
+                panel[at(0)] = pair(blo, Some(bhi));
+                if SPLIT {
+                    panel[at(1)] = pair(lo - blo.to_f32(), Some(hi - bhi.to_f32()));
+                }
             }
         }
     }
@@ -51,30 +60,44 @@ fn pack_a<A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &mut [u32]) {
 
 /// Panel layout of B: `[k pair][32 columns]` (the AVX512-BF16 kernel's), zero-padded to
 /// whole blocks of 32 k values; a tile is 16 pairs of 16 columns at stride 128 bytes.
-fn pack_b<B: Elem>(b: MatRef<B>, kc: usize, nc: usize, out: &mut [u32]) {
-    let steps = kc.div_ceil(32) * 16;
+/// With `SPLIT`, every block appears twice (for A's high and low parts).
+fn pack_b<const SPLIT: bool, B: Elem>(b: MatRef<B>, kc: usize, nc: usize, out: &mut [u32]) {
+    let blocks = kc.div_ceil(32);
+    let rep = if SPLIT { 2 } else { 1 };
     let real = kc.div_ceil(2);
-    for (q, panel) in out.chunks_mut(32 * steps).take(nc.div_ceil(32)).enumerate() {
-        super::bf16::pack_b::<32, B>(b.offset(0, q * 32), kc, 32.min(nc - q * 32), &mut panel[..32 * real]);
-        panel[32 * real..].fill(0);
+    let block = 32 * 16;
+    for (q, panel) in out.chunks_mut(block * blocks * rep).take(nc.div_ceil(32)).enumerate() {
+        let plain = &mut panel[..block * blocks];
+        super::bf16::pack_b::<32, B>(b.offset(0, q * 32), kc, 32.min(nc - q * 32), &mut plain[..32 * real]);
+        plain[32 * real..].fill(0);
+        if SPLIT {
+            // Spread [b0 b1 ..] to [b0 b0 b1 b1 ..], from the end so nothing is overwritten.
+            for kb in (0..blocks).rev() {
+                panel.copy_within(kb * block..(kb + 1) * block, 2 * kb * block);
+                panel.copy_within(2 * kb * block..(2 * kb + 1) * block, (2 * kb + 1) * block);
+            }
+        }
     }
 }
 
-pub(super) struct Amx;
+/// `SPLIT = false`: A rounded to bf16 (one product). `SPLIT = true`: A as bf16 high and
+/// low parts (two products, f32-like accuracy for a bf16 B).
+pub(super) struct Amx<const SPLIT: bool>;
 
-impl Kernel for Amx {
+impl<const SPLIT: bool> Kernel for Amx<SPLIT> {
     const MR: usize = 32;
     const NR: usize = 32;
     const KU: usize = 2;
     const STEP_ALIGN: usize = 16;
+    const K_REPEAT: usize = if SPLIT { 2 } else { 1 };
     type P = u32;
-    const KC: usize = 512;
+    const KC: usize = if SPLIT { 256 } else { 512 };
     const MC: usize = 256;
     fn pack_a<A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &mut [u32]) {
-        pack_a(a, mc, kc, out)
+        pack_a::<SPLIT, A>(a, mc, kc, out)
     }
     fn pack_b<B: Elem>(b: MatRef<B>, kc: usize, nc: usize, out: &mut [u32]) {
-        pack_b(b, kc, nc, out)
+        pack_b::<SPLIT, B>(b, kc, nc, out)
     }
     unsafe fn tile(steps: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, add: bool) {
         configure();

@@ -37,6 +37,15 @@ pub(super) fn pack_b<const NR: usize, B: Elem>(b: MatRef<B>, kc: usize, nc: usiz
                     *o = v.f32();
                 }
             }
+        } else if let Some(done) = gather_columns(b, q * NR, cols, kc, panel, NR) {
+            // Column-major f32 B (a transposed row-major weight): 16 or 8 columns per
+            // hardware gather, `done` of them.
+            for j in done..cols {
+                let col = &b.data[(q * NR + j) * b.cs..];
+                for p in 0..kc {
+                    panel[p * NR + j] = col[p * b.rs].f32();
+                }
+            }
         } else {
             // Column-major B (a transposed row-major weight): each column is contiguous.
             for j in 0..cols {
@@ -46,6 +55,40 @@ pub(super) fn pack_b<const NR: usize, B: Elem>(b: MatRef<B>, kc: usize, nc: usiz
                 }
             }
         }
+    }
+}
+
+/// Columns `j0..j0 + cols` of a column-major (`rs == 1`) f32 B into `panel[p * stride + j]`
+/// with AVX-512 / AVX2 gathers, for as many whole groups of 16 / 8 columns as fit; how
+/// many columns it packed (None: not f32, not column-major, or no SIMD).
+fn gather_columns<B: Elem>(b: MatRef<B>, j0: usize, cols: usize, kc: usize, panel: &mut [f32], stride: usize) -> Option<usize> {
+    let data = B::as_f32(b.data)?;
+    if b.rs != 1 || kc == 0 || b.cs > i32::MAX as usize / 16 {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let lanes = match super::isa() {
+            super::Isa::Avx512 => 16,
+            super::Isa::Avx2 => 8,
+            super::Isa::Portable => return None,
+        };
+        let groups = cols / lanes;
+        for g in 0..groups {
+            let first = (j0 + g * lanes) * b.cs;
+            // The group's last element is inside the view.
+            assert!(first + (lanes - 1) * b.cs + kc <= data.len());
+            let dst = &mut panel[g * lanes..];
+            assert!(dst.len() >= (kc - 1) * stride + lanes);
+            // SAFETY: the ISA was detected; source and destination bounds are asserted.
+            unsafe { x86::gather(data.as_ptr().add(first), b.cs, kc, dst.as_mut_ptr(), stride, lanes == 16) };
+        }
+        Some(groups * lanes)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (data, j0, cols, panel, stride);
+        None
     }
 }
 
@@ -101,6 +144,31 @@ mod x86 {
     use super::super::{Elem, Kernel, MatRef};
     use std::arch::x86_64::*;
 
+    /// `dst[p * stride + l] = src[l * cs + p]` for `p < kc` and 16 (`wide`) or 8 lanes.
+    pub(super) unsafe fn gather(src: *const f32, cs: usize, kc: usize, dst: *mut f32, stride: usize, wide: bool) {
+        if wide {
+            gather16(src, cs, kc, dst, stride)
+        } else {
+            gather8(src, cs, kc, dst, stride)
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gather16(src: *const f32, cs: usize, kc: usize, dst: *mut f32, stride: usize) {
+        let idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(cs as i32));
+        for p in 0..kc {
+            _mm512_storeu_ps(dst.add(p * stride), _mm512_i32gather_ps::<4>(idx, src.add(p)));
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn gather8(src: *const f32, cs: usize, kc: usize, dst: *mut f32, stride: usize) {
+        let idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(cs as i32));
+        for p in 0..kc {
+            _mm256_storeu_ps(dst.add(p * stride), _mm256_i32gather_ps::<4>(src.add(p), idx));
+        }
+    }
+
     /// AVX-512: 12 rows x 32 columns = 24 zmm accumulators, two B loads and 12
     /// broadcasts per step (two FMA ports, 4-cycle latency: 8+ independent chains).
     pub struct Avx512;
@@ -117,13 +185,31 @@ mod x86 {
             super::pack_b::<32, B>(b, kc, nc, out)
         }
         unsafe fn tile(steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
-            tile512(steps, a, b, c, ldc, add)
+            tile512::<12>(steps, a, b, c, ldc, add)
+        }
+        unsafe fn tile_rows(mr: usize, steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) -> bool {
+            match mr {
+                1 => tile512::<1>(steps, a, b, c, ldc, add),
+                2 => tile512::<2>(steps, a, b, c, ldc, add),
+                3 => tile512::<3>(steps, a, b, c, ldc, add),
+                4 => tile512::<4>(steps, a, b, c, ldc, add),
+                5 => tile512::<5>(steps, a, b, c, ldc, add),
+                6 => tile512::<6>(steps, a, b, c, ldc, add),
+                7 => tile512::<7>(steps, a, b, c, ldc, add),
+                8 => tile512::<8>(steps, a, b, c, ldc, add),
+                9 => tile512::<9>(steps, a, b, c, ldc, add),
+                10 => tile512::<10>(steps, a, b, c, ldc, add),
+                11 => tile512::<11>(steps, a, b, c, ldc, add),
+                _ => return false,
+            }
+            true
         }
     }
 
+    /// `R` rows of a 12-row panel (the rest of the panel is padding, skipped).
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile512(steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
-        let mut r = [[_mm512_setzero_ps(); 2]; 12];
+    unsafe fn tile512<const R: usize>(steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+        let mut r = [[_mm512_setzero_ps(); 2]; R];
         for p in 0..steps {
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
@@ -161,13 +247,25 @@ mod x86 {
             super::pack_b::<16, B>(b, kc, nc, out)
         }
         unsafe fn tile(steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
-            tile256(steps, a, b, c, ldc, add)
+            tile256::<6>(steps, a, b, c, ldc, add)
+        }
+        unsafe fn tile_rows(mr: usize, steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) -> bool {
+            match mr {
+                1 => tile256::<1>(steps, a, b, c, ldc, add),
+                2 => tile256::<2>(steps, a, b, c, ldc, add),
+                3 => tile256::<3>(steps, a, b, c, ldc, add),
+                4 => tile256::<4>(steps, a, b, c, ldc, add),
+                5 => tile256::<5>(steps, a, b, c, ldc, add),
+                _ => return false,
+            }
+            true
         }
     }
 
+    /// `R` rows of a 6-row panel.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile256(steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
-        let mut r = [[_mm256_setzero_ps(); 2]; 6];
+    unsafe fn tile256<const R: usize>(steps: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+        let mut r = [[_mm256_setzero_ps(); 2]; R];
         for p in 0..steps {
             let b0 = _mm256_loadu_ps(b.add(p * 16));
             let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));

@@ -33,6 +33,10 @@ pub trait Elem: Copy + Send + Sync + 'static {
     fn f32(self) -> f32;
     /// The bf16 bits (rounded to nearest even), for the bf16 kernels.
     fn bf16_bits(self) -> u16;
+    /// The data as f32, when it is f32 (the packers' SIMD paths).
+    fn as_f32(_data: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 impl Elem for f32 {
@@ -43,6 +47,9 @@ impl Elem for f32 {
     #[inline(always)]
     fn bf16_bits(self) -> u16 {
         Bf16::from_f32(self).to_bits()
+    }
+    fn as_f32(data: &[f32]) -> Option<&[f32]> {
+        Some(data)
     }
 }
 
@@ -142,6 +149,9 @@ pub enum Precision {
     Bf16,
     /// bf16 operands, AMX tiles.
     Amx,
+    /// A bf16 B, and A as two bf16 parts (high, residual), AMX tiles: about 16 bits of A,
+    /// so with a bf16 weight the product is as close to f32 as the f32 kernels'.
+    AmxSplit,
 }
 
 /// Does this CPU have AMX-BF16, and may this process use it?
@@ -183,7 +193,11 @@ pub fn run<A: Elem, B: Elem>(m: usize, n: usize, k: usize, a: MatRef<A>, b: MatR
     let out = Out { ptr: c.as_mut_ptr(), ldc };
     match (p, isa) {
         #[cfg(target_arch = "x86_64")]
-        (Precision::Amx, _) if has_amx() => split::<amx::Amx, A, B>(m, n, k, a, b, out, accumulate),
+        (Precision::Amx, _) if has_amx() => split::<amx::Amx<false>, A, B>(m, n, k, a, b, out, accumulate),
+        #[cfg(target_arch = "x86_64")]
+        (Precision::AmxSplit, _) if has_amx() => split::<amx::Amx<true>, A, B>(m, n, k, a, b, out, accumulate),
+        // Without AMX a split product is the f32 one.
+        (Precision::AmxSplit, isa) => run(m, n, k, a, b, c, ldc, accumulate, isa, Precision::F32),
         (Precision::Bf16 | Precision::Amx, _) if has_bf16_dot() => split::<bf16::Avx512Bf16, A, B>(m, n, k, a, b, out, accumulate),
         (Precision::Bf16 | Precision::Amx, _) => split::<f32k::Portable, A, B>(m, n, k, a, b, out, accumulate),
         (_, Isa::Avx512) => split::<f32k::Avx512, A, B>(m, n, k, a, b, out, accumulate),
@@ -217,6 +231,8 @@ pub(crate) trait Kernel {
     const KU: usize;
     /// Packed steps are padded to a multiple of this (AMX tiles take 16 pairs).
     const STEP_ALIGN: usize = 1;
+    /// Packed steps per step of k (2 when A is split into two bf16 parts).
+    const K_REPEAT: usize = 1;
     type P: Copy + Default + Send + Sync + 'static;
     const KC: usize = 256;
     const MC: usize = Self::MR * 16;
@@ -229,6 +245,15 @@ pub(crate) trait Kernel {
     /// `a`, `b` hold full packed panels of `steps` steps; `c` has `MR` rows of `NR` values
     /// at stride `ldc`.
     unsafe fn tile(steps: usize, a: *const Self::P, b: *const Self::P, c: *mut f32, ldc: usize, accumulate: bool);
+    /// The first `mr < MR` rows of a tile straight into C, when the kernel has a variant
+    /// for them (false: the caller goes through a scratch tile). Each element's sum runs
+    /// in the same order as in `tile`.
+    ///
+    /// # Safety
+    /// As `tile`, with `mr` rows of C.
+    unsafe fn tile_rows(_mr: usize, _steps: usize, _a: *const Self::P, _b: *const Self::P, _c: *mut f32, _ldc: usize, _accumulate: bool) -> bool {
+        false
+    }
 }
 
 /// Work below which one thread is faster than two (fork/join costs a few microseconds).
@@ -299,6 +324,19 @@ fn blocked<K: Kernel, A: Elem, B: Elem>(m: usize, n: usize, k: usize, a: MatRef<
             let nc = K::NC.min(n - jc);
             for pc in (0..k).step_by(K::KC) {
                 let kc = K::KC.min(k - pc);
+                if m <= K::MC {
+                    // One block of A (decoding, short prompts): B is used once per panel,
+                    // so each panel is packed just before its tiles, into a buffer that
+                    // stays in L1, instead of writing the whole block out first. Same
+                    // arithmetic, so a row's result does not depend on m.
+                    K::pack_a(a.offset(0, pc), m, kc, apack);
+                    for jr in (0..nc).step_by(K::NR) {
+                        let nr = K::NR.min(nc - jr);
+                        K::pack_b(b.offset(pc, jc + jr), kc, nr, bpack);
+                        macro_tile::<K>(m, nr, kc, apack, bpack, c.offset(0, jc + jr), acc || pc > 0);
+                    }
+                    continue;
+                }
                 K::pack_b(b.offset(pc, jc), kc, nc, bpack);
                 for ic in (0..m).step_by(K::MC) {
                     let mc = K::MC.min(m - ic);
@@ -312,7 +350,7 @@ fn blocked<K: Kernel, A: Elem, B: Elem>(m: usize, n: usize, k: usize, a: MatRef<
 
 /// Packed steps for `kc` values of k.
 fn steps<K: Kernel>(kc: usize) -> usize {
-    kc.div_ceil(K::KU).next_multiple_of(K::STEP_ALIGN)
+    kc.div_ceil(K::KU).next_multiple_of(K::STEP_ALIGN) * K::K_REPEAT
 }
 
 /// All micro-tiles of one packed `mc x nc` block; edge tiles go through a scratch tile.
@@ -332,13 +370,19 @@ fn macro_tile<K: Kernel>(mc: usize, nc: usize, kc: usize, apack: &[K::P], bpack:
             unsafe {
                 if mr == K::MR && nr == K::NR {
                     K::tile(steps, ap.as_ptr(), bp.as_ptr(), dst.ptr, dst.ldc, acc);
+                } else if nr == K::NR && K::tile_rows(mr, steps, ap.as_ptr(), bp.as_ptr(), dst.ptr, dst.ldc, acc) {
                 } else {
-                    K::tile(steps, ap.as_ptr(), bp.as_ptr(), scratch.as_mut_ptr(), K::NR, false);
+                    // C's part goes in first and the kernel adds to it as it would in place
+                    // (AMX accumulates onto the loaded tile), so edge rows round exactly as
+                    // full-tile rows do: a row's result does not depend on m.
+                    for i in 0..mr {
+                        let row = std::slice::from_raw_parts(dst.ptr.add(i * dst.ldc), nr);
+                        scratch[i * K::NR..i * K::NR + nr].copy_from_slice(row);
+                    }
+                    K::tile(steps, ap.as_ptr(), bp.as_ptr(), scratch.as_mut_ptr(), K::NR, acc);
                     for i in 0..mr {
                         let row = std::slice::from_raw_parts_mut(dst.ptr.add(i * dst.ldc), nr);
-                        for (o, s) in row.iter_mut().zip(&scratch[i * K::NR..i * K::NR + nr]) {
-                            *o = if acc { *o + s } else { *s };
-                        }
+                        row.copy_from_slice(&scratch[i * K::NR..i * K::NR + nr]);
                     }
                 }
             }

@@ -1,40 +1,37 @@
 //! candle glue: `matmul(a, b)` over our GEMM, differentiable, reading any strides (a
 //! transposed view costs no copy) and a bf16 `b` as it is.
-use super::{bgemm, sgemm, MatRef};
+use super::{run, MatRef, Precision};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use half::bf16;
 
-/// Fewer rows than this go to candle's matmul: packing B costs as much as the product.
-pub const MIN_ROWS: usize = 8;
-
 /// `a (..., m, k) @ b (k, n) or (..., k, n)`: our GEMM on the CPU for an f32 `a` and an
-/// f32 or bf16 `b`; candle's matmul otherwise. `bf16_compute` rounds both operands to
-/// bf16 (`vdpbf16ps`, f32 sums) where the CPU has it.
-pub fn matmul_with(a: &Tensor, b: &Tensor, bf16_compute: bool) -> Result<Tensor> {
+/// f32 or bf16 `b`, whatever m (a row's result never depends on how many rows share the
+/// product: batch-invariant); candle's matmul otherwise. `precision` picks the kernel (see
+/// [`Precision`]; a bf16 one the CPU lacks falls back to f32).
+pub fn matmul_with(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
     let (ra, rb) = (a.rank(), b.rank());
     let ours = a.device().is_cpu()
         && a.dtype() == DType::F32
         && matches!(b.dtype(), DType::F32 | DType::BF16)
         && ra >= 2
         && (rb == 2 || (rb == ra && a.dims()[..ra - 2] == b.dims()[..rb - 2]))
-        && a.dim(ra - 2)? >= MIN_ROWS
         && a.dim(ra - 1)? == b.dim(rb - 2)?;
     if !ours {
         let b = if b.dtype() != a.dtype() { &b.to_dtype(a.dtype())? } else { b };
         return Ok(if rb == ra { a.matmul(b)? } else { a.broadcast_matmul(b)? });
     }
-    let op = MatMul { bf16: bf16_compute };
+    let op = MatMul { precision };
     Ok(if a.track_op() || b.track_op() { a.apply_op2(b, op)? } else { a.apply_op2_no_bwd(b, &op)? })
 }
 
 /// [`matmul_with`] in f32.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    matmul_with(a, b, false)
+    matmul_with(a, b, Precision::F32)
 }
 
 struct MatMul {
-    bf16: bool,
+    precision: Precision,
 }
 
 /// A matrix operand inside its storage: the offset of each batch's first element, and the
@@ -63,7 +60,7 @@ impl MatMul {
         let (oa, ob) = (operand(la), operand(lb));
         let batches = oa.offsets.len();
         let mut out = vec![0f32; batches * m * n];
-        let go = |m: usize, a: MatRef<f32>, b: MatRef<B>, c: &mut [f32]| if self.bf16 { bgemm(m, n, k, a, b, c, n, false) } else { sgemm(m, n, k, a, b, c, n, false) };
+        let go = |m: usize, a: MatRef<f32>, b: MatRef<B>, c: &mut [f32]| run(m, n, k, a, b, c, n, false, super::isa(), self.precision);
         // A 2-D `b` against batched rows that are evenly spaced: one tall GEMM.
         let evenly = ob.offsets.len() == 1 && oa.offsets.windows(2).all(|w| w[1] - w[0] == m * oa.rs);
         if evenly {
@@ -99,14 +96,14 @@ impl CustomOp2 for MatMul {
     /// `da = g b^T`, `db = a^T g` (summed over the batch for a 2-D `b`).
     fn bwd(&self, a: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let wrap = candle_core::Error::wrap;
-        let da = if a.track_op() { Some(matmul_with(g, &b.t()?, self.bf16).map_err(wrap)?) } else { None };
+        let da = if a.track_op() { Some(matmul_with(g, &b.t()?, self.precision).map_err(wrap)?) } else { None };
         let db = if b.track_op() {
             let d = if b.rank() == 2 && a.rank() > 2 {
                 let k = a.dim(a.rank() - 1)?;
                 let (a2, g2) = (a.reshape(((), k))?, g.reshape(((), g.dim(g.rank() - 1)?))?);
-                matmul_with(&a2.t()?, &g2, self.bf16).map_err(wrap)?
+                matmul_with(&a2.t()?, &g2, self.precision).map_err(wrap)?
             } else {
-                matmul_with(&a.t()?, g, self.bf16).map_err(wrap)?
+                matmul_with(&a.t()?, g, self.precision).map_err(wrap)?
             };
             Some(d.to_dtype(b.dtype())?)
         } else {
