@@ -6,6 +6,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use instill::data::pack::rows_from;
+use instill::model::kernels::gemm;
 use instill::peft::{
     full::{Full, FullConfig},
     lora::{Lora, LoraConfig},
@@ -108,21 +109,28 @@ fn worker(a: &TrainBench, mode: &str) -> Result<serde_json::Value> {
     }))
 }
 
-/// This machine's f32 GEMM rate through candle at a training-sized shape (best of 5).
-fn matmul_rate() -> Result<f64> {
-    use candle_core::{Device, Tensor};
+/// Our GEMM's rate here at a training-sized shape, `x W^T` (best of 5 rounds of 5).
+fn gemm_rate(p: gemm::Precision) -> f64 {
+    use gemm::MatRef;
     let (m, k, n) = (1024, 576, 1536);
-    let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+    let w: Vec<half::bf16> = (0..n * k).map(|i| half::bf16::from_f32((i % 7) as f32 * 0.01)).collect();
+    let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+    let mut c = vec![0f32; m * n];
     let mut best = 0f64;
-    for _ in 0..5 {
-        let t = Instant::now();
+    instill::model::on_workers(|| {
         for _ in 0..5 {
-            a.matmul(&b)?;
+            let t = Instant::now();
+            for _ in 0..5 {
+                match p {
+                    gemm::Precision::F32 => gemm::run(m, n, k, MatRef::new(&x[..], k, 1), MatRef::new(&wf[..], 1, k), &mut c, n, false, gemm::isa(), p),
+                    _ => gemm::run(m, n, k, MatRef::new(&x[..], k, 1), MatRef::new(&w[..], 1, k), &mut c, n, false, gemm::isa(), p),
+                }
+            }
+            best = best.max(5.0 * 2.0 * (m * k * n) as f64 / t.elapsed().as_secs_f64());
         }
-        best = best.max(5.0 * 2.0 * (m * k * n) as f64 / t.elapsed().as_secs_f64());
-    }
-    Ok(best)
+    });
+    best
 }
 
 pub fn run(a: TrainBench) -> Result<()> {
@@ -143,15 +151,18 @@ pub fn run(a: TrainBench) -> Result<()> {
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     };
-    let peer = |full: bool| -> Result<Option<serde_json::Value>> {
+    let peer = |kind: &str| -> Result<Option<serde_json::Value>> {
         if a.peer_python == "none" {
             return Ok(None);
         }
         let gguf = instill::hub::resolve("smollm2-135m-instruct", true)?;
         let dir = gguf.path().parent().context("model directory")?.to_path_buf();
         let mut c = Command::new(&a.peer_python);
+        if kind == "autocast" {
+            c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers/sft_lora_autocast.py"));
+        }
         c.arg(&a.peer_script).args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string(), "--steps", &a.steps.to_string(), "--threads", &threads.to_string()]);
-        if full {
+        if kind == "full" {
             c.arg("--full");
         }
         let out = c.env("PEERS_MODEL_DIR", dir).output().with_context(|| format!("running {}", a.peer_script.display()))?;
@@ -161,20 +172,38 @@ pub fn run(a: TrainBench) -> Result<()> {
         let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
         Ok(Some(serde_json::from_str(&line)?))
     };
-    let rate = matmul_rate()?;
-    println!("threads {threads}; batch {} x {} tokens; f32 matmul rate here (candle, 1024x576x1536): {:.0} GFLOP/s", a.batch, a.seq, rate / 1e9);
-    println!("| run | tokens/s | peak RSS MiB | MFU | vs PyTorch+PEFT LoRA tokens/s | vs its peak RSS |");
+    let (rate, rate_bf16) = (gemm_rate(gemm::Precision::F32), gemm_rate(gemm::bf16_precision_split()));
+    println!("threads {threads}; batch {} x {} tokens; our GEMM at 1024x576x1536: f32 {:.0} GFLOP/s, bf16 weights {:.0} GFLOP/s (the MFU denominators)", a.batch, a.seq, rate / 1e9, rate_bf16 / 1e9);
+    println!("| run | tokens/s | peak RSS MiB | MFU | tokens/s vs its PyTorch peer | peak RSS vs its peer |");
     println!("|---|---|---|---|---|---|");
-    let torch_lora = peer(false)?;
-    let (t_rate, t_rss) = torch_lora.as_ref().map_or((f64::NAN, f64::NAN), |p| (p["tokens_per_s"].as_f64().unwrap_or(f64::NAN), p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)));
-    if torch_lora.is_some() {
-        println!("| PyTorch+PEFT LoRA (fp32) | {t_rate:.0} | {t_rss:.0} | - | 1.00x | 1.00x |");
+    let mut peers: Vec<(&str, Option<serde_json::Value>)> = vec![];
+    for (kind, label, wanted) in [
+        ("lora", "PyTorch + PEFT LoRA (fp32)", true),
+        ("autocast", "PyTorch + PEFT LoRA (autocast bf16)", a.modes.iter().any(|m| m.contains("bf16"))),
+        ("full", "PyTorch full fine-tuning (fp32)", a.modes.iter().any(|m| m.starts_with("full"))),
+    ] {
+        if !wanted {
+            continue;
+        }
+        let p = peer(kind)?;
+        if let Some(p) = &p {
+            println!("| {label} | {:.0} | {:.0} | - | 1.00x | 1.00x |", p["tokens_per_s"].as_f64().unwrap_or(f64::NAN), p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
+        }
+        peers.push((kind, p));
     }
+    let peer_of = |kind: &str| {
+        peers
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .and_then(|(_, p)| p.as_ref())
+            .map_or((f64::NAN, f64::NAN), |p| (p["tokens_per_s"].as_f64().unwrap_or(f64::NAN), p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)))
+    };
     for mode in a.modes.iter().map(String::as_str) {
         let r = ours(mode)?;
         let tps = r["tokens_per_s"].as_f64().unwrap_or(0.0);
         let rss = r["peak_rss_mib"].as_f64().unwrap_or(0.0);
-        let mfu = tps * r["flops_per_token"].as_f64().unwrap_or(0.0) / rate;
+        let bf16 = mode.contains("bf16");
+        let mfu = tps * r["flops_per_token"].as_f64().unwrap_or(0.0) / if bf16 { rate_bf16 } else { rate };
         let label = match mode {
             "lora" => "instill LoRA (f32 base)",
             "lora-bf16" => "instill LoRA (bf16 base)",
@@ -186,11 +215,14 @@ pub fn run(a: TrainBench) -> Result<()> {
             "full-gc" => "instill full fine-tuning, gradient checkpointing",
             m => bail!("unknown mode {m}: use lora, lora-bf16, qlora, lora-gc, lora-bf16-gc, qlora-gc, full or full-gc"),
         };
+        let (t_rate, t_rss) = peer_of(if bf16 {
+            "autocast"
+        } else if mode.starts_with("full") {
+            "full"
+        } else {
+            "lora"
+        });
         println!("| {label} | {tps:.0} | {rss:.0} | {:.0}% | {:.2}x | {:.2}x |", mfu * 100.0, tps / t_rate, rss / t_rss);
-    }
-    let full_peer = if a.modes.iter().any(|m| m.starts_with("full")) { peer(true)? } else { None };
-    if let Some(p) = full_peer {
-        println!("| PyTorch full fine-tuning (fp32) | {:.0} | {:.0} | - | - | - |", p["tokens_per_s"].as_f64().unwrap_or(f64::NAN), p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
     }
     Ok(())
 }

@@ -44,7 +44,8 @@ fn pack_a<const SPLIT: bool, A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &
         }
         for i in 0..rows {
             let r = a.offset(q * 32 + i, 0);
-            for p in 0..kc.div_ceil(2) {
+            let done = convert_row::<SPLIT, A>(r, kc, &mut panel[i * 16..], rep);
+            for p in done * 16..kc.div_ceil(2) {
                 let lo = r.data[2 * p * r.cs].f32();
                 let hi = if 2 * p + 1 < kc { r.data[(2 * p + 1) * r.cs].f32() } else { 0.0 };
                 let at = |part: usize| ((p / 16 * rep + part) * 32 + i) * 16 + p % 16;
@@ -55,6 +56,43 @@ fn pack_a<const SPLIT: bool, A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &
                 }
             }
         }
+    }
+}
+
+/// Whole 32-value blocks of a contiguous f32 row, rounded with `vcvtne2ps2bf16` (the
+/// same round-to-nearest-even as the scalar path) into `out[(kb * rep + part) * 512..]`;
+/// how many blocks it did (0 where the row is not contiguous f32).
+fn convert_row<const SPLIT: bool, A: Elem>(r: MatRef<A>, kc: usize, out: &mut [u32], rep: usize) -> usize {
+    let Some(data) = A::as_f32(r.data) else { return 0 };
+    if r.cs != 1 || !super::has_bf16_dot() {
+        return 0;
+    }
+    let blocks = kc / 32;
+    assert!(data.len() >= blocks * 32 && out.len() >= ((blocks * rep).max(1) - 1) * 512 + 16);
+    for kb in 0..blocks {
+        // SAFETY: AVX512-BF16 was detected; bounds are asserted above.
+        unsafe {
+            let hi = out.as_mut_ptr().add(kb * rep * 512);
+            let lo = if SPLIT { Some(out.as_mut_ptr().add((kb * rep + 1) * 512)) } else { None };
+            convert_block(data.as_ptr().add(kb * 32), hi, lo);
+        }
+    }
+    blocks
+}
+
+/// 32 f32 -> 16 bf16 pairs at `hi`; with `lo`, the residuals `x - bf16(x)` too.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn convert_block(src: *const f32, hi: *mut u32, lo: Option<*mut u32>) {
+    use std::arch::x86_64::*;
+    let (x0, x1) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
+    let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
+    _mm512_storeu_si512(hi as *mut __m512i, h);
+    if let Some(lo) = lo {
+        // bf16 -> f32 is a 16-bit shift.
+        let widen = |v: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)));
+        let (h0, h1) = (widen(_mm512_castsi512_si256(h)), widen(_mm512_extracti64x4_epi64::<1>(h)));
+        let l: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0)));
+        _mm512_storeu_si512(lo as *mut __m512i, l);
     }
 }
 

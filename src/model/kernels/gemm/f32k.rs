@@ -8,6 +8,17 @@ pub(super) fn pack_a<const MR: usize, A: Elem>(a: MatRef<A>, mc: usize, kc: usiz
         if rows < MR {
             panel.fill(0.0);
         }
+        if a.rs == 1 && rows == MR {
+            // Column-major A (a transposed operand): each step is MR contiguous values.
+            let base = a.offset(q * MR, 0);
+            for p in 0..kc {
+                let col = &base.data[p * a.cs..][..MR];
+                for (o, v) in panel[p * MR..(p + 1) * MR].iter_mut().zip(col) {
+                    *o = v.f32();
+                }
+            }
+            continue;
+        }
         for i in 0..rows {
             let r = a.offset(q * MR + i, 0);
             if r.cs == 1 {

@@ -37,6 +37,10 @@ pub trait Elem: Copy + Send + Sync + 'static {
     fn as_f32(_data: &[Self]) -> Option<&[f32]> {
         None
     }
+    /// The data as bf16, when it is bf16.
+    fn as_bf16(_data: &[Self]) -> Option<&[Bf16]> {
+        None
+    }
 }
 
 impl Elem for f32 {
@@ -61,6 +65,9 @@ impl Elem for Bf16 {
     #[inline(always)]
     fn bf16_bits(self) -> u16 {
         self.to_bits()
+    }
+    fn as_bf16(data: &[Bf16]) -> Option<&[Bf16]> {
+        Some(data)
     }
 }
 
@@ -163,6 +170,16 @@ pub fn has_amx() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// The precision a bf16 weight gets ([`crate::model::linear::precision`]): AMX with A in
+/// two parts where there is AMX, else f32.
+pub fn bf16_precision_split() -> Precision {
+    if has_amx() {
+        Precision::AmxSplit
+    } else {
+        Precision::F32
     }
 }
 

@@ -11,7 +11,8 @@ use half::bf16;
 /// [`Precision`]; a bf16 one the CPU lacks falls back to f32).
 pub fn matmul_with(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
     let (ra, rb) = (a.rank(), b.rank());
-    let ours = a.device().is_cpu()
+    let ours = enabled()
+        && a.device().is_cpu()
         && a.dtype() == DType::F32
         && matches!(b.dtype(), DType::F32 | DType::BF16)
         && ra >= 2
@@ -23,6 +24,13 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tenso
     }
     let op = MatMul { precision };
     Ok(if a.track_op() || b.track_op() { a.apply_op2(b, op)? } else { a.apply_op2_no_bwd(b, &op)? })
+}
+
+/// `INSTILL_GEMM=candle` sends every product to candle's matmul instead (to compare the
+/// two in one build).
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("INSTILL_GEMM").as_deref() != Ok("candle"))
 }
 
 /// [`matmul_with`] in f32.

@@ -127,3 +127,38 @@ fn rows_are_batch_invariant() {
         }
     }
 }
+
+/// The SIMD packers (gathers, `vcvtne2ps2bf16`) give the scalar packers' bits.
+#[test]
+fn simd_packing_equals_scalar_packing() {
+    let (kc, nc) = (37, 40);
+    let w = random(nc * kc, 9);
+    let wb: Vec<Bf16> = w.iter().map(|&v| Bf16::from_f32(v)).collect();
+    let want = |at: &dyn Fn(usize, usize) -> f32| {
+        let mut out = vec![0u32; 2 * 32 * kc.div_ceil(2)];
+        for (q, panel) in out.chunks_mut(32 * kc.div_ceil(2)).enumerate() {
+            for j in 0..32.min(nc - q * 32) {
+                for p in 0..kc.div_ceil(2) {
+                    let hi = (2 * p + 1 < kc).then(|| at(2 * p + 1, q * 32 + j));
+                    panel[p * 32 + j] = bf16::pair(at(2 * p, q * 32 + j), hi);
+                }
+            }
+        }
+        out
+    };
+    let mut got = vec![0u32; 2 * 32 * kc.div_ceil(2)];
+    bf16::pack_b::<32, f32>(MatRef::new(&w[..], 1, kc), kc, nc, &mut got);
+    assert_eq!(got, want(&|p, j| w[j * kc + p]));
+    bf16::pack_b::<32, Bf16>(MatRef::new(&wb[..], 1, kc), kc, nc, &mut got);
+    assert_eq!(got, want(&|p, j| wb[j * kc + p].to_f32()));
+    // f32 column-major into the f32 kernels' panels.
+    let mut got = vec![0f32; 2 * 32 * kc];
+    f32k::pack_b::<32, f32>(MatRef::new(&w[..], 1, kc), kc, nc, &mut got);
+    for (q, panel) in got.chunks(32 * kc).enumerate() {
+        for p in 0..kc {
+            for j in 0..32.min(nc - q * 32) {
+                assert_eq!(panel[p * 32 + j], w[(q * 32 + j) * kc + p]);
+            }
+        }
+    }
+}
