@@ -36,9 +36,18 @@ pub struct TrainBench {
     /// The peer script (from ../shared/bench/peers).
     #[arg(long, default_value = "../shared/bench/peers/sft_lora_torch.py")]
     peer_script: std::path::PathBuf,
+    /// The model (a registry id); the PyTorch peers run SmolLM2-135M only.
+    #[arg(long, default_value = "smollm2-135m-instruct")]
+    model: String,
     /// Internal: run one configuration and print JSON.
     #[arg(long, hide = true)]
     worker: Option<String>,
+}
+
+/// This process's resident memory now, MiB.
+fn rss_now_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// Forward FLOPs per token of SmolLM2-135M: 2 x matmul parameters + attention (QK^T, PV).
@@ -57,7 +66,7 @@ fn peak_rss_mib() -> f64 {
 
 /// One configuration: `lora` (f32 base) or `qlora` (Q4_1 base kept quantized).
 fn worker(a: &TrainBench, mode: &str) -> Result<serde_json::Value> {
-    let source = instill::hub::resolve("smollm2-135m-instruct", true)?;
+    let source = instill::hub::resolve(&a.model, true)?;
     let (dequantize, checkpointing) = match mode {
         "lora" | "full" | "lora-bf16" => (true, false),
         "qlora" => (false, false),
@@ -80,6 +89,11 @@ fn worker(a: &TrainBench, mode: &str) -> Result<serde_json::Value> {
     adapter.set_training(true);
     let params: Vec<_> = adapter.trainable().into_iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(params.clone(), AdamWConfig::default());
+    // Memory by buffer class: the loaded model (weights and runtime) is what is resident
+    // before the first step; gradients and AdamW's two moments are f32 per trainable value;
+    // activations (and transient buffers) are the rest of the peak.
+    let (weights_mib, trainable) = (rss_now_mib(), params.iter().map(|p| p.elem_count()).sum::<usize>() as f64);
+    let (grads_mib, optimizer_mib) = (trainable * 4.0 / 1048576.0, trainable * 8.0 / 1048576.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let vocab = model.config.vocab_size as u32;
     let seqs: Vec<(Vec<u32>, Vec<bool>)> = (0..a.batch).map(|_| ((0..a.seq).map(|_| rng.gen_range(0..vocab)).collect(), vec![true; a.seq])).collect();
@@ -105,6 +119,7 @@ fn worker(a: &TrainBench, mode: &str) -> Result<serde_json::Value> {
         "mode": mode, "tokens_per_s": tokens / per_step, "s_per_step": per_step,
         "s_per_step_min": times.iter().copied().fold(f64::INFINITY, f64::min),
         "peak_rss_mib": peak_rss_mib(), "flops_per_token": flops_per_token,
+        "memory_mib": {"weights_and_runtime": weights_mib, "gradients": grads_mib, "optimizer": optimizer_mib, "activations_and_transients": peak_rss_mib() - weights_mib - grads_mib - optimizer_mib},
         "loss_first": losses[0], "loss_last": losses[losses.len() - 1],
     }))
 }
@@ -144,7 +159,7 @@ pub fn run(a: TrainBench) -> Result<()> {
     let ours = |mode: &str| -> Result<serde_json::Value> {
         let out = Command::new(&exe)
             .args(["--threads", &threads.to_string(), "bench", "train", "--worker", mode])
-            .args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string(), "--steps", &a.steps.to_string()])
+            .args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string(), "--steps", &a.steps.to_string(), "--model", &a.model])
             .output()?;
         if !out.status.success() {
             bail!("instill {mode} worker failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -152,7 +167,7 @@ pub fn run(a: TrainBench) -> Result<()> {
         Ok(serde_json::from_slice(&out.stdout)?)
     };
     let peer = |kind: &str| -> Result<Option<serde_json::Value>> {
-        if a.peer_python == "none" {
+        if a.peer_python == "none" || a.model != "smollm2-135m-instruct" {
             return Ok(None);
         }
         let gguf = instill::hub::resolve("smollm2-135m-instruct", true)?;
@@ -174,8 +189,9 @@ pub fn run(a: TrainBench) -> Result<()> {
     };
     let (rate, rate_bf16) = (gemm_rate(gemm::Precision::F32), gemm_rate(gemm::bf16_precision_split()));
     println!("threads {threads}; batch {} x {} tokens; our GEMM at 1024x576x1536: f32 {:.0} GFLOP/s, bf16 weights {:.0} GFLOP/s (the MFU denominators)", a.batch, a.seq, rate / 1e9, rate_bf16 / 1e9);
-    println!("| run | tokens/s | peak RSS MiB | MFU | tokens/s vs its PyTorch peer | peak RSS vs its peer |");
-    println!("|---|---|---|---|---|---|");
+    println!("model {}", a.model);
+    println!("| run | tokens/s | peak RSS MiB | MFU | tokens/s vs its PyTorch peer | peak RSS vs its peer | MiB: weights + runtime / gradients / AdamW / activations |");
+    println!("|---|---|---|---|---|---|---|");
     let mut peers: Vec<(&str, Option<serde_json::Value>)> = vec![];
     for (kind, label, wanted) in [
         ("lora", "PyTorch + PEFT LoRA (fp32)", true),
@@ -187,7 +203,7 @@ pub fn run(a: TrainBench) -> Result<()> {
         }
         let p = peer(kind)?;
         if let Some(p) = &p {
-            println!("| {label} | {:.0} | {:.0} | - | 1.00x | 1.00x |", p["tokens_per_s"].as_f64().unwrap_or(f64::NAN), p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
+            println!("| {label} | {:.0} | {:.0} | - | 1.00x | 1.00x | - |", p["tokens_per_s"].as_f64().unwrap_or(f64::NAN), p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
         }
         peers.push((kind, p));
     }
@@ -208,7 +224,7 @@ pub fn run(a: TrainBench) -> Result<()> {
             "lora" => "instill LoRA (f32 base)",
             "lora-bf16" => "instill LoRA (bf16 base)",
             "lora-bf16-gc" => "instill LoRA (bf16 base), gradient checkpointing",
-            "qlora" => "instill QLoRA (Q4_1 base)",
+            "qlora" => "instill QLoRA (quantized base)",
             "lora-gc" => "instill LoRA, gradient checkpointing",
             "qlora-gc" => "instill QLoRA, gradient checkpointing",
             "full" => "instill full fine-tuning",
@@ -222,7 +238,10 @@ pub fn run(a: TrainBench) -> Result<()> {
         } else {
             "lora"
         });
-        println!("| {label} | {tps:.0} | {rss:.0} | {:.0}% | {:.2}x | {:.2}x |", mfu * 100.0, tps / t_rate, rss / t_rss);
+        let m = &r["memory_mib"];
+        let mb = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+        let memory = format!("{:.0} / {:.0} / {:.0} / {:.0}", mb("weights_and_runtime"), mb("gradients"), mb("optimizer"), mb("activations_and_transients"));
+        println!("| {label} | {tps:.0} | {rss:.0} | {:.0}% | {:.2}x | {:.2}x | {memory} |", mfu * 100.0, tps / t_rate, rss / t_rss);
     }
     Ok(())
 }

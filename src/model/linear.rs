@@ -31,6 +31,11 @@ pub trait Delta: std::fmt::Debug + Send + Sync {
     fn enabled(&self) -> bool {
         true
     }
+    /// `base(x) + delta(x)` as one op, where the delta has one (LoRA under training:
+    /// `peft::lora_op`); None: the caller adds the two.
+    fn fused(&self, _base: &Linear, _x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 /// Quantized products on the CPU run on our rayon pool: Q4_1, Q5_0 and Q8_0 through our
@@ -98,6 +103,11 @@ impl Linear {
     /// `x (..., in) -> (..., out)`, with the adapter's delta when there is one. Under
     /// training, a frozen weight passes gradients to `x` only (`ops::frozen_linear`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(a) = self.adapter.as_ref().filter(|a| a.enabled()) {
+            if let Some(y) = a.fused(self, x)? {
+                return Ok(y);
+            }
+        }
         let trainable = matches!(&self.weight, LinearWeight::Dense(w) if w.track_op());
         let y = if trainable { self.forward_plain(x)? } else { super::ops::frozen_linear(self, x)? };
         match &self.adapter {

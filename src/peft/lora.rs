@@ -90,6 +90,14 @@ impl Delta for LoraLayer {
         self.enabled.load(Ordering::Relaxed)
     }
 
+    fn fused(&self, base: &crate::model::linear::Linear, x: &Tensor) -> Result<Option<Tensor>> {
+        // Under training without dropout (dropout's mask needs its own input copy).
+        if !self.training.load(Ordering::Relaxed) || self.dropout > 0.0 {
+            return Ok(None);
+        }
+        super::lora_op::fused(base, self.a.as_tensor(), self.b.as_tensor(), self.scale, x)
+    }
+
     fn delta(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_f = dims[dims.len() - 1];

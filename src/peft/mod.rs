@@ -2,6 +2,7 @@
 pub mod full;
 pub mod head;
 pub mod lora;
+mod lora_op;
 pub mod multi;
 pub mod prompt;
 
