@@ -1,3 +1,4 @@
 //! Hand-written kernels for hot paths no crate serves well (each tested against the plain op).
+pub mod attention;
 pub mod ggml_gemv;
 pub mod qgemv;
