@@ -649,7 +649,7 @@ fn exp<S: Simd>(x: f32) -> f32 {
     let xc = x.clamp(-87.0, 88.0);
     let t = S::fmadd(xc, std::f32::consts::LOG2_E, SHIFT);
     let n = t - SHIFT;
-    let r = S::fmadd(n, 2.121_944_4e-4, S::fmadd(n, -0.693_359_375, xc));
+    let r = S::fmadd(n, 2.121_944_4e-4, S::fmadd(n, -0.693_359_4, xc));
     let mut p = 1.987_569_1e-4;
     for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
         p = S::fmadd(p, r, c);
