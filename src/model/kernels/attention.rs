@@ -447,9 +447,10 @@ fn bwd_body<S: Simd>(sh: &Shared, bw: &Bwd, task: &mut BwdTask, i: usize) {
 
 // ---------- kernels ----------
 
-/// Which compiled variant of the tile code this CPU runs.
+/// Which compiled variant of the tile code this CPU runs (elsewhere than x86-64, the
+/// baseline one).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg(target_arch = "x86_64")]
 enum Isa {
     Avx512,
     Avx2,
@@ -460,6 +461,7 @@ enum Isa {
 #[cfg(test)]
 static FORCE_ISA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
+#[cfg(target_arch = "x86_64")]
 fn isa() -> Isa {
     #[cfg(test)]
     match FORCE_ISA.load(std::sync::atomic::Ordering::Relaxed) {
@@ -468,17 +470,14 @@ fn isa() -> Isa {
         3 => return Isa::Baseline,
         _ => {}
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx2") && has!("fma") {
-            return Isa::Avx512;
-        }
-        if has!("avx2") && has!("fma") {
-            return Isa::Avx2;
-        }
+    use std::arch::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx2") && has!("fma") {
+        Isa::Avx512
+    } else if has!("avx2") && has!("fma") {
+        Isa::Avx2
+    } else {
+        Isa::Baseline
     }
-    Isa::Baseline
 }
 
 /// A matrix operand: element `(i, p)` at `data[i * rs + p * cs]`.
