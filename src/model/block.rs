@@ -1,5 +1,6 @@
 //! The decoder block shared by every family; the differences are config switches.
 use super::config::{Activation, ModelConfig, RopeStyle};
+use super::kernels::attention;
 use super::linear::Linear;
 use super::rope::RopeTable;
 use crate::Result;
@@ -90,19 +91,30 @@ impl Attention {
                         Some(m) => Some(m.narrow(0, r, 1)?.narrow(3, s0, n)?.contiguous()?),
                         None => None,
                     };
-                    rows.push(attend(&q.narrow(0, r, 1)?.contiguous()?, &kr, &vr, mr.as_ref())?);
+                    rows.push(attend(&q.narrow(0, r, 1)?.contiguous()?, &kr, &vr, mr.as_ref(), t)?);
                 }
                 Tensor::cat(&rows, 0)?
             }
-            _ => attend(&q, &k, &v.contiguous()?, mask)?,
+            _ => attend(&q, &k, &v.contiguous()?, mask, t)?,
         }; // (B, KV, R*T, D)
         let y = y.reshape((b, self.heads, t, self.head_dim))?.transpose(1, 2)?;
         self.o.forward(&y.reshape((b, t, self.heads * self.head_dim))?)
     }
 }
 
-/// `softmax(q k^T + mask) v` for `q (B, KV, R*T, D)`.
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+/// `softmax(q k^T + mask) v` for `q (B, KV, R*T, D)` holding `t` queries per head.
+/// Several queries (prefill, scoring, training) on the CPU take the fused kernel, which
+/// keeps no score matrix for backward; decode steps keep the matmul path (one query
+/// row per head gains nothing from tiling).
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, t: usize) -> Result<Tensor> {
+    if t > 1 && attention::applies(q, k, v, mask, t) {
+        return attention::attention(q, k, v, mask, t);
+    }
+    attend_unfused(q, k, v, mask)
+}
+
+/// [`attend`] as matmuls and a softmax: the CUDA, non-f32 and decode path.
+pub fn attend_unfused(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
     let p = match mask {
         Some(m) => super::ops::masked_softmax(&scores, m)?,

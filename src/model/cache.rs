@@ -125,7 +125,7 @@ fn left_pad(t: &Tensor, s: usize) -> Result<Tensor> {
 
 /// Large negative instead of -inf: a fully masked (padding) query row then gets a
 /// finite uniform softmax instead of NaNs that would leak into later layers.
-const MASKED: f32 = -1e30;
+pub(crate) const MASKED: f32 = -1e30;
 
 /// Additive mask `(B, 1, T, S)` for the newest `T` queries against all `S` keys.
 /// Returns None when nothing needs masking (one real query attending to everything).

@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// The contiguous f32 data of an op's input.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -297,7 +297,7 @@ impl ApplyIf for Tensor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
@@ -306,7 +306,7 @@ mod tests {
     }
 
     /// Numerical gradient of sum(f(x) * probe) against the op's backward.
-    fn check_grad(f: impl Fn(&Tensor) -> Tensor, shape: &[usize]) {
+    pub(crate) fn check_grad(f: impl Fn(&Tensor) -> Tensor, shape: &[usize]) {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 1.0, shape, &dev).unwrap();
         let probe = Tensor::randn(0f32, 1.0, f(x.as_tensor()).shape(), &dev).unwrap();
