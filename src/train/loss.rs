@@ -93,6 +93,11 @@ pub fn cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> 
     let gh = if gh.is_empty() { None } else { Some(Tensor::cat(&gh, 0)?) };
     let inputs = want_w.then(|| (hd.clone(), wd.clone(), targets.to_vec()));
     let op = CrossEntropy { losses, gh, gw, inputs };
+    if !want_w {
+        // A frozen output weight (LoRA, QLoRA) is not kept alive by the graph: on a quantized
+        // or tied embedding it is a dequantized copy (671 MB for gemma3's vocabulary).
+        return Ok(h.apply_op1(OnlyH(op))?);
+    }
     Ok(h.apply_op2(w, op)?)
 }
 
@@ -163,5 +168,22 @@ impl CustomOp2 for CrossEntropy {
             _ => None,
         };
         Ok((gh, gw))
+    }
+}
+
+/// [`CrossEntropy`] with a frozen output weight: an op of `h` alone.
+struct OnlyH(CrossEntropy);
+
+impl candle_core::CustomOp1 for OnlyH {
+    fn name(&self) -> &'static str {
+        "instill-cross-entropy-h"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(self.0.losses.clone()), Shape::from(self.0.losses.len())))
+    }
+
+    fn bwd(&self, h: &Tensor, out: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(self.0.bwd(h, h, out, g)?.0)
     }
 }
