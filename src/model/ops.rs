@@ -240,12 +240,11 @@ impl CustomOp1 for FrozenLinearOp {
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         // A dense weight is read as it is (bf16 too: then the upstream gradient enters as
-        // two bf16 parts, as in the forward pass); a quantized one is dequantized and, as
-        // in its forward pass, rounded to bf16 for AMX.
+        // two bf16 parts, as in the forward pass); a quantized one is dequantized (f32).
         use super::kernels::gemm::{tensor::matmul_with, Precision};
         let (w, p) = match &self.linear.weight {
             super::linear::LinearWeight::Dense(w) => (w.clone(), super::linear::precision(w.dtype())),
-            _ => (self.linear.dense_weight().map_err(candle_core::Error::wrap)?, Precision::AmxSplit),
+            _ => (self.linear.dense_weight().map_err(candle_core::Error::wrap)?, Precision::F32),
         };
         let dims = g.dims().to_vec();
         let out_f = dims[dims.len() - 1];

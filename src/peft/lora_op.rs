@@ -78,7 +78,6 @@ impl CustomOp3 for LoraLinear {
                 LinearWeight::Quant(..) => self.base.dense_weight().map_err(wrap)?,
             };
             let p = crate::model::linear::precision(w.dtype());
-            let p = if matches!(self.base.weight, LinearWeight::Quant(..)) { gemm::Precision::AmxSplit } else { p };
             let base = gemm::tensor::matmul_with(&g, &w, p).map_err(wrap)?;
             Some((base + matmul(&gxa, a).map_err(wrap)?)?)
         } else {
