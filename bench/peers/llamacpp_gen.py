@@ -13,8 +13,29 @@ import time
 
 import numpy as np
 import llama_cpp
+import llama_cpp.llama
 from llama_cpp import Llama
 
+
+def plain_cpu_kernels_on_amx():
+    """On CPUs that report AMX, llama.cpp's extra buffer types (AMX / repacked kernels)
+    segfault where the OS does not grant AMX tile state (as here): load without them
+    there, as tests/fixtures/gen/gguf_ref.py does. Other CPUs keep llama.cpp's defaults."""
+    with open("/proc/cpuinfo") as f:
+        if "amx_tile" not in f.read():
+            return
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_model_default_params = params
+    llama_cpp.llama.llama_cpp.llama_model_default_params = params
+
+
+plain_cpu_kernels_on_amx()
 req = json.load(sys.stdin)
 llm = Llama(model_path=req["gguf"], n_ctx=2048, n_batch=512, n_threads=req["threads"],
             n_threads_batch=req["threads"], seed=0, verbose=False, logits_all=False)
