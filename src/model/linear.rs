@@ -1,6 +1,6 @@
 //! The projection every block uses. It is the seam where later work plugs in
 //! adapters (LoRA) and quantized bases: callers only see `forward`.
-use super::kernels::{ggml_gemv, qgemv};
+use super::kernels::{dequant, kquant, qgemv};
 use crate::Result;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
@@ -33,11 +33,10 @@ pub trait Delta: std::fmt::Debug + Send + Sync {
     }
 }
 
-/// Quantized products on the CPU run on our rayon pool: Q4_1, Q5_0 and Q8_0 through our
-/// SIMD kernels (candle only has scalar code for the first two), the other block types
-/// through candle's per-block dot products.
+/// Quantized products on the CPU run on our rayon pool: the 32-value block types through
+/// our SIMD kernels (`qgemv`: candle has only scalar Q4_1 / Q5_0 / Q5_1 dot products), the
+/// K-quants through our AVX2 ports of candle's (`kquant`), chosen at run time.
 fn qgemv_forward(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
-    use candle_core::quantized::k_quants::*;
     use qgemv::Format;
     if !q.device().is_cpu() {
         return Ok(None);
@@ -50,14 +49,12 @@ fn qgemv_forward(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
         GgmlDType::Q4_1 => qgemv::matmul(Format::Q4_1, &w, n, k, &xs, rows),
         GgmlDType::Q5_0 => qgemv::matmul(Format::Q5_0, &w, n, k, &xs, rows),
         GgmlDType::Q8_0 => qgemv::matmul(Format::Q8_0, &w, n, k, &xs, rows),
-        GgmlDType::Q4_0 => ggml_gemv::matmul::<BlockQ4_0>(&w, n, k, &xs, rows),
-        GgmlDType::Q5_1 => ggml_gemv::matmul::<BlockQ5_1>(&w, n, k, &xs, rows),
-        GgmlDType::Q2K => ggml_gemv::matmul::<BlockQ2K>(&w, n, k, &xs, rows),
-        GgmlDType::Q3K => ggml_gemv::matmul::<BlockQ3K>(&w, n, k, &xs, rows),
-        GgmlDType::Q4K => ggml_gemv::matmul::<BlockQ4K>(&w, n, k, &xs, rows),
-        GgmlDType::Q5K => ggml_gemv::matmul::<BlockQ5K>(&w, n, k, &xs, rows),
-        GgmlDType::Q6K => ggml_gemv::matmul::<BlockQ6K>(&w, n, k, &xs, rows),
-        _ => return Ok(None),
+        GgmlDType::Q4_0 => qgemv::matmul(Format::Q4_0, &w, n, k, &xs, rows),
+        GgmlDType::Q5_1 => qgemv::matmul(Format::Q5_1, &w, n, k, &xs, rows),
+        dtype => match kquant::matmul(dtype, &w, n, k, &xs, rows) {
+            Some(y) => y,
+            None => return Ok(None),
+        },
     };
     let mut shape = x.dims().to_vec();
     *shape.last_mut().expect("rank >= 1") = n;
@@ -115,7 +112,7 @@ impl Linear {
                 // row (measured: 120 -> 468 prompt tok/s on SmolLM2). Deciding by tokens per
                 // row, not total rows, keeps a sequence's numerics independent of how many
                 // others share its batch.
-                Self::dense(q.dequantize(&q.device())?, None).forward_plain(x)?
+                Self::dense(dequant::dequantize(q)?, None).forward_plain(x)?
             }
             LinearWeight::Quant(q, mm) => match qgemv_forward(q, x)? {
                 Some(y) => y,
@@ -140,7 +137,7 @@ impl Linear {
     pub fn dense_weight(&self) -> Result<Tensor> {
         Ok(match &self.weight {
             LinearWeight::Dense(w) => w.to_dtype(candle_core::DType::F32)?,
-            LinearWeight::Quant(q, _) => q.dequantize(&q.device())?,
+            LinearWeight::Quant(q, _) => dequant::dequantize(q)?,
         })
     }
 
