@@ -75,7 +75,7 @@ pub fn run<T: GgmlType + Sync>(w: &[u8], n: usize) -> Vec<f32> {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::qgemv::x86::{f16_ptr, high_bits, nibbles, u32_at};
+    use super::super::qgemv::x86::{f16_ptr, f16x2, high_bits, nibbles, u32_at};
     use std::arch::x86_64::*;
 
     /// 32 i8 values times `d` (the first 16 by `d[0]`, the rest by `d[1]`), plus `m` when
@@ -103,13 +103,16 @@ mod x86 {
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn q4_0(w: &[u8], y: &mut [f32]) {
         // d * (q - 8)
-        blocks32::<false>(w, 18, y, |b| (_mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)), f16_ptr(b), 0.0))
+        blocks32::<false>(w, 18, y, |b| (_mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)), f16x2(b).0, 0.0))
     }
 
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn q4_1(w: &[u8], y: &mut [f32]) {
         // d * q + m
-        blocks32::<true>(w, 20, y, |b| (nibbles(b.add(4)), f16_ptr(b), f16_ptr(b.add(2))))
+        blocks32::<true>(w, 20, y, |b| {
+            let (d, m) = f16x2(b);
+            (nibbles(b.add(4)), d, m)
+        })
     }
 
     #[target_feature(enable = "avx2,f16c")]
@@ -117,19 +120,22 @@ mod x86 {
         // d * ((q | h << 4) - 16)
         blocks32::<false>(w, 22, y, |b| {
             let q = _mm256_or_si256(nibbles(b.add(6)), high_bits(u32_at(b.add(2))));
-            (_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f16_ptr(b), 0.0)
+            (_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f16x2(b).0, 0.0)
         })
     }
 
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn q5_1(w: &[u8], y: &mut [f32]) {
         // d * (q | h << 4) + m
-        blocks32::<true>(w, 24, y, |b| (_mm256_or_si256(nibbles(b.add(8)), high_bits(u32_at(b.add(4)))), f16_ptr(b), f16_ptr(b.add(2))))
+        blocks32::<true>(w, 24, y, |b| {
+            let (d, m) = f16x2(b);
+            (_mm256_or_si256(nibbles(b.add(8)), high_bits(u32_at(b.add(4)))), d, m)
+        })
     }
 
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn q8_0(w: &[u8], y: &mut [f32]) {
-        blocks32::<false>(w, 34, y, |b| (_mm256_loadu_si256(b.add(2) as *const __m256i), f16_ptr(b), 0.0))
+        blocks32::<false>(w, 34, y, |b| (_mm256_loadu_si256(b.add(2) as *const __m256i), f16x2(b).0, 0.0))
     }
 
     /// Q4_K's 6-bit scale and min of sub-block `j` (ggml's `get_scale_min_k4`).
@@ -147,7 +153,7 @@ mod x86 {
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn q4k(w: &[u8], y: &mut [f32]) {
         for (b, out) in w.chunks_exact(144).zip(y.chunks_exact_mut(256)) {
-            let (d, min) = (f16_ptr(b.as_ptr()), f16_ptr(b.as_ptr().add(2)));
+            let (d, min) = f16x2(b.as_ptr());
             let scales = &b[4..16];
             for j in 0..4 {
                 let bits = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * j) as *const __m256i);

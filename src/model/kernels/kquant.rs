@@ -97,7 +97,7 @@ pub fn plain(dtype: GgmlDType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::qgemv::x86::{f16_ptr, hmax, pack_i8, round_i8};
+    use super::super::qgemv::x86::{f16_ptr, f16x2, hmax, pack_i8, round_i8};
     use super::{BlockQ8K, Q8K_BSUMS, Q8K_QS};
     use std::arch::x86_64::*;
 
@@ -170,7 +170,8 @@ mod x86 {
         let (mut acc, mut acc_m) = (_mm256_setzero_ps(), _mm_setzero_ps());
         for (b, y) in w.chunks_exact(144).zip(x) {
             let (p, (q8, yd)) = (b.as_ptr(), q8k(y));
-            let (d, dmin) = (yd * f16_ptr(p), -yd * f16_ptr(p.add(2)));
+            let (d, dmin) = f16x2(p);
+            let (d, dmin) = (yd * d, -yd * dmin);
             let mins_and_scales = _mm256_cvtepu8_epi16(k4_scales(p.add(4)));
             // The mins' term against the activations' 16-value sums.
             let q8sums = load(q8.add(Q8K_BSUMS));
@@ -203,7 +204,8 @@ mod x86 {
         let mut summs = 0f32;
         for (b, y) in w.chunks_exact(176).zip(x) {
             let (p, (q8, yd)) = (b.as_ptr(), q8k(y));
-            let (d, dmin) = (yd * f16_ptr(p), -yd * f16_ptr(p.add(2)));
+            let (d, dmin) = f16x2(p);
+            let (d, dmin) = (yd * d, -yd * dmin);
             let mins_and_scales = _mm256_cvtepu8_epi16(k4_scales(p.add(4)));
             let q8sums = load(q8.add(Q8K_BSUMS));
             let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
@@ -319,6 +321,7 @@ mod x86 {
         let mut acc = _mm256_setzero_ps();
         for (b, y) in w.chunks_exact(84).zip(x) {
             let (p, (q8, yd)) = (b.as_ptr(), q8k(y));
+            // d, dmin end the block: 4 readable bytes, not f16x2's 8.
             let (d, dmin) = (yd * f16_ptr(p.add(80)), -yd * f16_ptr(p.add(82)));
             let mins_and_scales = _mm_loadu_si128(p as *const __m128i);
             let mins = _mm256_cvtepi8_epi16(_mm_and_si128(_mm_srli_epi16(mins_and_scales, 4), m4));

@@ -370,14 +370,17 @@ pub(super) mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4_1(w: &[u8], x: &QuantRow) -> f32 {
         // value = d * q + m
-        dot_unsigned(w, Q4_1_BYTES, x, |blk| (nibbles(blk.add(4)), f16_ptr(blk), f16_ptr(blk.add(2))))
+        dot_unsigned(w, Q4_1_BYTES, x, |blk| {
+            let (d, m) = f16x2(blk);
+            (nibbles(blk.add(4)), d, m)
+        })
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q5_0(w: &[u8], x: &QuantRow) -> f32 {
         // value = d * (q - 16), q = 4 low bits | 1 high bit << 4
         dot_unsigned(w, Q5_0_BYTES, x, |blk| {
-            let d = f16_ptr(blk);
+            let d = f16x2(blk).0;
             (_mm256_or_si256(nibbles(blk.add(6)), high_bits(u32_at(blk.add(2)))), d, -16.0 * d)
         })
     }
@@ -386,7 +389,7 @@ pub(super) mod x86 {
     pub unsafe fn dot_q4_0(w: &[u8], x: &QuantRow) -> f32 {
         // value = d * (q - 8)
         dot_unsigned(w, Q4_0_BYTES, x, |blk| {
-            let d = f16_ptr(blk);
+            let d = f16x2(blk).0;
             (nibbles(blk.add(2)), d, -8.0 * d)
         })
     }
@@ -394,7 +397,10 @@ pub(super) mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q5_1(w: &[u8], x: &QuantRow) -> f32 {
         // value = d * q + m, q = 4 low bits | 1 high bit << 4
-        dot_unsigned(w, Q5_1_BYTES, x, |blk| (_mm256_or_si256(nibbles(blk.add(8)), high_bits(u32_at(blk.add(4)))), f16_ptr(blk), f16_ptr(blk.add(2))))
+        dot_unsigned(w, Q5_1_BYTES, x, |blk| {
+            let (d, m) = f16x2(blk);
+            (_mm256_or_si256(nibbles(blk.add(8)), high_bits(u32_at(blk.add(4)))), d, m)
+        })
     }
 
     #[inline(always)]
@@ -402,12 +408,32 @@ pub(super) mod x86 {
         u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)])
     }
 
-    /// An f16 at `p` as f32 (F16C: callers enable it; `half` would check for it every call
-    /// when the build's target features lack it).
+    // f16 scales by F16C, in asm. Through the intrinsics, LLVM narrowed the load to a
+    // 16-bit `vpinsrw` merging into whatever register it chose (in `dot_q5_0`, the offset
+    // accumulator): a false dependency that chained every block's scale to the previous
+    // block's sum, ~50% more cycles than the native build, which used AVX512-FP16 loads.
+    // (`half`'s conversion would also check for F16C on every call in this build.)
+
+    /// The two f16s at `p` as f32s; 8 bytes from `p` must be readable.
+    #[inline(always)]
+    pub unsafe fn f16x2(p: *const u8) -> (f32, f32) {
+        let v: __m128;
+        std::arch::asm!("vcvtph2ps {v}, qword ptr [{p}]", p = in(reg) p, v = out(xmm_reg) v, options(pure, readonly, nostack, preserves_flags));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+
+    /// The f16 at `p`, where only its 2 bytes are readable (a block's last field).
     #[inline(always)]
     pub unsafe fn f16_ptr(p: *const u8) -> f32 {
-        let bits = u16::from_le_bytes([*p, *p.add(1)]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        let v: __m128;
+        std::arch::asm!(
+            "movzx {t:e}, word ptr [{p}]",
+            "vmovd {v}, {t:e}",
+            "vcvtph2ps {v}, {v}",
+            p = in(reg) p, t = out(reg) _, v = out(xmm_reg) v,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+        _mm_cvtss_f32(v)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -423,7 +449,7 @@ pub(super) mod x86 {
                 let q = _mm256_loadu_si256(xq.add((b + u) * QK) as *const __m256i);
                 // i8 x i8 through the u8 x i8 multiply: |w| times x carrying w's sign.
                 let p = dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(q, wq));
-                acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(f16_ptr(blk) * *xd.add(b + u)), p, acc[u]);
+                acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(f16x2(blk).0 * *xd.add(b + u)), p, acc[u]);
             }
             b += U;
         }
@@ -437,7 +463,7 @@ pub(super) mod x86 {
     unsafe fn pair(format: Format, blk: *const u8) -> (__m512i, __m512, f32, f32) {
         let bytes = format.block_bytes();
         let b2 = blk.add(bytes);
-        let (da, db) = (f16_ptr(blk), f16_ptr(b2));
+        let ((da, ma), (db, mb)) = (f16x2(blk), f16x2(b2));
         let scales = _mm512_insertf32x8(_mm512_set1_ps(da), _mm256_set1_ps(db), 1);
         match format {
             Format::Q8_0 => {
@@ -447,10 +473,10 @@ pub(super) mod x86 {
                 // Signed weights made unsigned by +128; the sum term takes it back.
                 (_mm512_xor_si512(w, _mm512_set1_epi8(-128)), scales, -128.0 * da, -128.0 * db)
             }
-            Format::Q4_1 => (nibble_pair(blk.add(4), b2.add(4)), scales, f16_ptr(blk.add(2)), f16_ptr(b2.add(2))),
+            Format::Q4_1 => (nibble_pair(blk.add(4), b2.add(4)), scales, ma, mb),
             Format::Q5_0 => (five_bit_pair(blk, b2, 2), scales, -16.0 * da, -16.0 * db),
             Format::Q4_0 => (nibble_pair(blk.add(2), b2.add(2)), scales, -8.0 * da, -8.0 * db),
-            Format::Q5_1 => (five_bit_pair(blk, b2, 4), scales, f16_ptr(blk.add(2)), f16_ptr(b2.add(2))),
+            Format::Q5_1 => (five_bit_pair(blk, b2, 4), scales, ma, mb),
         }
     }
 
