@@ -10,19 +10,10 @@ use candle_core::quantized::k_quants::*;
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
-/// candle's `BlockQ8K` (repr(C)): d (f32), 256 i8 quants, 16 sums of 16 quants (i16).
-const Q8K_QS: usize = 4;
-const Q8K_BSUMS: usize = 4 + QK_K;
-const _: () = assert!(std::mem::size_of::<BlockQ8K>() == Q8K_BSUMS + 2 * QK_K / 16);
-
+#[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        has!("avx2") && has!("fma") && has!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    use std::arch::is_x86_feature_detected as has;
+    has!("avx2") && has!("fma") && has!("f16c")
 }
 
 /// `x` (a multiple of 256 values) as Q8_K blocks: candle's `from_float`, bit for bit.
@@ -98,8 +89,13 @@ pub fn plain(dtype: GgmlDType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::qgemv::x86::{f16_ptr, f16x2, hmax, pack_i8, round_i8};
-    use super::{BlockQ8K, Q8K_BSUMS, Q8K_QS};
+    use super::{BlockQ8K, QK_K};
     use std::arch::x86_64::*;
+
+    /// candle's `BlockQ8K` (repr(C)): d (f32), 256 i8 quants, 16 sums of 16 quants (i16).
+    const Q8K_QS: usize = 4;
+    const Q8K_BSUMS: usize = 4 + QK_K;
+    const _: () = assert!(std::mem::size_of::<BlockQ8K>() == Q8K_BSUMS + 2 * QK_K / 16);
 
     #[inline(always)]
     unsafe fn load(p: *const u8) -> __m256i {
