@@ -49,6 +49,40 @@ fn speed(model: &CausalLm, prompt: &[u32], n_gen: usize, reps: usize) -> Result<
     Ok(GenSpeed { prompt_tokens: prompt.len(), gen_tokens: n_gen, pp_tok_s: median(&mut pp), tg_tok_s: median(&mut tg), reps, ids })
 }
 
+/// `prompts` (equally long) prefilled as one batch, then `n_gen` greedy steps that each
+/// decode one token for every row; `pp_tok_s` and `tg_tok_s` count all rows' tokens, `ids`
+/// are row 0's. Median over `reps` after a warm-up.
+pub fn batched_generation_speed(model: &CausalLm, prompts: &[Vec<u32>], n_gen: usize, reps: usize) -> Result<GenSpeed> {
+    crate::model::on_workers(|| batched_speed(model, prompts, n_gen, reps))
+}
+
+fn batched_speed(model: &CausalLm, prompts: &[Vec<u32>], n_gen: usize, reps: usize) -> Result<GenSpeed> {
+    let (b, p) = (prompts.len(), prompts.first().map_or(0, Vec::len));
+    if b == 0 || prompts.iter().any(|r| r.len() != p) {
+        return Err(crate::Error::Input("batched generation speed needs equally long prompts".into()));
+    }
+    let (mut pp, mut tg, mut ids) = (vec![], vec![], vec![]);
+    for rep in 0..=reps {
+        let mut cache = model.new_cache();
+        let t0 = Instant::now();
+        let logits = model.forward(&Batch::left_padded(prompts, 0)?, Some(&mut cache), LogitsFor::Last)?;
+        let mut next: Vec<u32> = logits.to_vec2::<f32>()?.iter().map(|l| argmax(l)).collect();
+        let t1 = Instant::now();
+        ids.clear();
+        for i in 0..n_gen {
+            ids.push(next[0]);
+            let l = model.forward(&Batch::step(&next, &vec![(p + i) as u32; b]), Some(&mut cache), LogitsFor::Last)?;
+            next = l.to_vec2::<f32>()?.iter().map(|l| argmax(l)).collect();
+        }
+        let t2 = Instant::now();
+        if rep > 0 {
+            pp.push((b * p) as f64 / (t1 - t0).as_secs_f64());
+            tg.push((b * n_gen) as f64 / (t2 - t1).as_secs_f64());
+        }
+    }
+    Ok(GenSpeed { prompt_tokens: b * p, gen_tokens: n_gen, pp_tok_s: median(&mut pp), tg_tok_s: median(&mut tg), reps, ids })
+}
+
 pub fn median(xs: &mut [f64]) -> f64 {
     if xs.is_empty() {
         return f64::NAN;

@@ -32,14 +32,21 @@ pub enum BenchCmd {
 pub struct GenBench {
     /// Models to measure (registry ids or .gguf files).
     #[arg(short, long, default_values = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])]
-    model: Vec<String>,
+    pub model: Vec<String>,
     #[arg(long, default_value_t = 128)]
-    n_gen: usize,
+    pub n_gen: usize,
     #[arg(long, default_value_t = 3)]
-    reps: usize,
+    pub reps: usize,
     /// Python with llama-cpp-python for the peer; `none` skips it.
     #[arg(long, env = "INSTILL_PEER_PYTHON", default_value = "/tmp/peers-venv/bin/python")]
-    peer_python: String,
+    pub peer_python: String,
+    /// Scaling curves instead: prompt lengths 256-2048 and 1-16 sequences decoded together,
+    /// each configuration in its own process, as a table and PNG plots in this directory.
+    #[arg(long)]
+    sweep: Option<std::path::PathBuf>,
+    /// Internal: run one sweep configuration (`len:N` or `batch:B`) and print JSON.
+    #[arg(long, hide = true)]
+    worker: Option<String>,
 }
 
 // The peer harness's prompt (shared/bench/peers/gen_llamacpp.py), so figures compare.
@@ -58,6 +65,12 @@ pub fn run(b: BenchCmd) -> Result<()> {
         BenchCmd::Merge(m) => return super::bench_merge::run(m),
         BenchCmd::Gemm(g) => return super::bench_gemm::run(g),
     };
+    if let Some(point) = &a.worker {
+        return super::bench_gen_sweep::worker(&a, point);
+    }
+    if let Some(dir) = &a.sweep {
+        return super::bench_gen_sweep::sweep(&a, dir);
+    }
     let threads = rayon::current_num_threads();
     let bw = memory_read_bandwidth(threads);
     println!("threads {threads}; measured memory read bandwidth {bw:.1} GB/s");
@@ -77,7 +90,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
     Ok(())
 }
 
-fn prompt_ids(tok: &Tokenizer) -> Result<Vec<u32>> {
+pub fn prompt_ids(tok: &Tokenizer) -> Result<Vec<u32>> {
     let msgs = [serde_json::json!({"role": "system", "content": SYSTEM}), serde_json::json!({"role": "user", "content": USER})];
     match tok.template(None) {
         Ok(t) => Ok(tok.encode_rendered(&t.render(&msgs, true, None)?)?),

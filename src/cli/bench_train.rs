@@ -39,6 +39,11 @@ pub struct TrainBench {
     /// The model (a registry id); the PyTorch peers run SmolLM2-135M only.
     #[arg(long, default_value = "smollm2-135m-instruct")]
     model: String,
+    /// Scaling curves instead of one configuration: sequence lengths 256-2048 at batch 1
+    /// and batch sizes 1-16 at 256 tokens, each mode and its peer, as a table and PNG plots
+    /// written to this directory.
+    #[arg(long)]
+    sweep: Option<std::path::PathBuf>,
     /// Internal: run one configuration and print JSON.
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -58,7 +63,7 @@ fn forward_flops_per_token(m: &instill::CausalLm, seq: usize) -> f64 {
     2.0 * matmul + 4.0 * (c.num_layers * seq * c.num_heads * c.head_dim) as f64
 }
 
-fn peak_rss_mib() -> f64 {
+pub fn peak_rss_mib() -> f64 {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     u.ru_maxrss as f64 / 1024.0
@@ -148,45 +153,122 @@ fn gemm_rate(p: gemm::Precision) -> f64 {
     best
 }
 
+/// One of our configurations in its own process.
+fn ours(a: &TrainBench, mode: &str, batch: usize, seq: usize) -> Result<serde_json::Value> {
+    let out = Command::new(std::env::current_exe()?)
+        .args(["--threads", &rayon::current_num_threads().to_string(), "bench", "train", "--worker", mode])
+        .args(["--batch", &batch.to_string(), "--seq", &seq.to_string(), "--steps", &a.steps.to_string(), "--model", &a.model])
+        .output()?;
+    if !out.status.success() {
+        bail!("instill {mode} worker failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// A PyTorch peer (`lora`, `autocast` or `full`) in its own process; None without one.
+fn peer(a: &TrainBench, kind: &str, batch: usize, seq: usize) -> Result<Option<serde_json::Value>> {
+    if a.peer_python == "none" || a.model != "smollm2-135m-instruct" {
+        return Ok(None);
+    }
+    let gguf = instill::hub::resolve("smollm2-135m-instruct", true)?;
+    let dir = gguf.path().parent().context("model directory")?.to_path_buf();
+    let mut c = Command::new(&a.peer_python);
+    if kind == "autocast" {
+        c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers/sft_lora_autocast.py"));
+    }
+    c.arg(&a.peer_script).args(["--batch", &batch.to_string(), "--seq", &seq.to_string(), "--steps", &a.steps.to_string(), "--threads", &rayon::current_num_threads().to_string()]);
+    if kind == "full" {
+        c.arg("--full");
+    }
+    let out = c.env("PEERS_MODEL_DIR", dir).output().with_context(|| format!("running {}", a.peer_script.display()))?;
+    if !out.status.success() {
+        bail!("PyTorch peer failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+    Ok(Some(serde_json::from_str(&line)?))
+}
+
+/// The peer a mode is compared with.
+fn peer_kind(mode: &str) -> &'static str {
+    if mode.contains("bf16") {
+        "autocast"
+    } else if mode.starts_with("full") {
+        "full"
+    } else {
+        "lora"
+    }
+}
+
+fn num(v: &serde_json::Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or(f64::NAN)
+}
+
+/// Owned series as `plot::lines` takes them.
+pub fn named(v: &[(String, Vec<(f64, f64)>)]) -> Vec<(&str, Vec<(f64, f64)>)> {
+    v.iter().map(|(n, p)| (n.as_str(), p.clone())).collect()
+}
+
+/// Scaling curves: every mode and its peer over sequence length (batch 1) and batch size
+/// (256 tokens), printed as a table and plotted (tokens/s and peak RSS on each axis).
+fn sweep(a: &TrainBench, dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let axes: [(&str, Vec<(usize, usize)>); 2] = [("seq", [256, 512, 1024, 2048].map(|s| (1, s)).to_vec()), ("batch", [1, 2, 4, 8, 16].map(|b| (b, 256)).to_vec())];
+    let mut kinds: Vec<&str> = a.modes.iter().map(|m| peer_kind(m)).collect();
+    kinds.sort();
+    kinds.dedup();
+    println!("model {}; {} timed steps after 2 untimed; each run in its own process", a.model, a.steps);
+    println!("| axis | batch | seq | run | tokens/s | peak RSS MiB | tokens/s vs peer | peak RSS vs peer |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (axis, points) in axes {
+        let mut tps: Vec<(String, Vec<(f64, f64)>)> = vec![];
+        let mut rss: Vec<(String, Vec<(f64, f64)>)> = vec![];
+        let mut push = |name: String, x: f64, t: f64, r: f64| match tps.iter().position(|(n, _)| *n == name) {
+            Some(i) => {
+                tps[i].1.push((x, t));
+                rss[i].1.push((x, r));
+            }
+            None => {
+                tps.push((name.clone(), vec![(x, t)]));
+                rss.push((name, vec![(x, r)]));
+            }
+        };
+        for &(batch, seq) in &points {
+            let x = if axis == "seq" { seq } else { batch } as f64;
+            let mut peer_at = vec![];
+            for &k in &kinds {
+                if let Some(p) = peer(a, k, batch, seq)? {
+                    let (t, r) = (num(&p, "tokens_per_s"), num(&p, "peak_rss_mib"));
+                    println!("| {axis} | {batch} | {seq} | PyTorch {k} | {t:.0} | {r:.0} | 1.00x | 1.00x |");
+                    push(format!("PyTorch {k}"), x, t, r);
+                    peer_at.push((k, t, r));
+                }
+            }
+            for mode in &a.modes {
+                let r = ours(a, mode, batch, seq)?;
+                let (t, m) = (num(&r, "tokens_per_s"), num(&r, "peak_rss_mib"));
+                let (pt, pr) = peer_at.iter().find(|p| p.0 == peer_kind(mode)).map_or((f64::NAN, f64::NAN), |p| (p.1, p.2));
+                println!("| {axis} | {batch} | {seq} | instill {mode} | {t:.0} | {m:.0} | {:.2}x | {:.2}x |", t / pt, m / pr);
+                push(format!("instill {mode}"), x, t, m);
+            }
+        }
+        let label = if axis == "seq" { "sequence length (batch 1)" } else { "batch size (256 tokens each)" };
+        instill::plot::lines(&dir.join(format!("train-{axis}-tokens.png")), &format!("bench train: tokens/s by {axis}"), label, "tokens/s", &named(&tps))?;
+        instill::plot::lines(&dir.join(format!("train-{axis}-rss.png")), &format!("bench train: peak RSS by {axis}"), label, "MiB", &named(&rss))?;
+    }
+    println!("plots: {}/train-{{seq,batch}}-{{tokens,rss}}.png", dir.display());
+    Ok(())
+}
+
 pub fn run(a: TrainBench) -> Result<()> {
     if let Some(mode) = &a.worker {
         let r = instill::model::on_workers(|| worker(&a, mode))?;
         println!("{r}");
         return Ok(());
     }
-    let exe = std::env::current_exe()?;
+    if let Some(dir) = &a.sweep {
+        return sweep(&a, dir);
+    }
     let threads = rayon::current_num_threads();
-    let ours = |mode: &str| -> Result<serde_json::Value> {
-        let out = Command::new(&exe)
-            .args(["--threads", &threads.to_string(), "bench", "train", "--worker", mode])
-            .args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string(), "--steps", &a.steps.to_string(), "--model", &a.model])
-            .output()?;
-        if !out.status.success() {
-            bail!("instill {mode} worker failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
-    };
-    let peer = |kind: &str| -> Result<Option<serde_json::Value>> {
-        if a.peer_python == "none" || a.model != "smollm2-135m-instruct" {
-            return Ok(None);
-        }
-        let gguf = instill::hub::resolve("smollm2-135m-instruct", true)?;
-        let dir = gguf.path().parent().context("model directory")?.to_path_buf();
-        let mut c = Command::new(&a.peer_python);
-        if kind == "autocast" {
-            c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers/sft_lora_autocast.py"));
-        }
-        c.arg(&a.peer_script).args(["--batch", &a.batch.to_string(), "--seq", &a.seq.to_string(), "--steps", &a.steps.to_string(), "--threads", &threads.to_string()]);
-        if kind == "full" {
-            c.arg("--full");
-        }
-        let out = c.env("PEERS_MODEL_DIR", dir).output().with_context(|| format!("running {}", a.peer_script.display()))?;
-        if !out.status.success() {
-            bail!("PyTorch peer failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
-        Ok(Some(serde_json::from_str(&line)?))
-    };
     let (rate, rate_bf16) = (gemm_rate(gemm::Precision::F32), gemm_rate(gemm::bf16_precision_split()));
     println!("threads {threads}; batch {} x {} tokens; our GEMM at 1024x576x1536: f32 {:.0} GFLOP/s, bf16 weights {:.0} GFLOP/s (the MFU denominators)", a.batch, a.seq, rate / 1e9, rate_bf16 / 1e9);
     println!("model {}", a.model);
@@ -201,7 +283,7 @@ pub fn run(a: TrainBench) -> Result<()> {
         if !wanted {
             continue;
         }
-        let p = peer(kind)?;
+        let p = peer(&a, kind, a.batch, a.seq)?;
         if let Some(p) = &p {
             println!("| {label} | {:.0} | {:.0} | - | 1.00x | 1.00x | - |", p["tokens_per_s"].as_f64().unwrap_or(f64::NAN), p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
         }
@@ -215,7 +297,7 @@ pub fn run(a: TrainBench) -> Result<()> {
             .map_or((f64::NAN, f64::NAN), |p| (p["tokens_per_s"].as_f64().unwrap_or(f64::NAN), p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)))
     };
     for mode in a.modes.iter().map(String::as_str) {
-        let r = ours(mode)?;
+        let r = ours(&a, mode, a.batch, a.seq)?;
         let tps = r["tokens_per_s"].as_f64().unwrap_or(0.0);
         let rss = r["peak_rss_mib"].as_f64().unwrap_or(0.0);
         let bf16 = mode.contains("bf16");
@@ -231,13 +313,7 @@ pub fn run(a: TrainBench) -> Result<()> {
             "full-gc" => "instill full fine-tuning, gradient checkpointing",
             m => bail!("unknown mode {m}: use lora, lora-bf16, qlora, lora-gc, lora-bf16-gc, qlora-gc, full or full-gc"),
         };
-        let (t_rate, t_rss) = peer_of(if bf16 {
-            "autocast"
-        } else if mode.starts_with("full") {
-            "full"
-        } else {
-            "lora"
-        });
+        let (t_rate, t_rss) = peer_of(peer_kind(mode));
         let m = &r["memory_mib"];
         let mb = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
         let memory = format!("{:.0} / {:.0} / {:.0} / {:.0}", mb("weights_and_runtime"), mb("gradients"), mb("optimizer"), mb("activations_and_transients"));

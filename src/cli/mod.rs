@@ -4,6 +4,7 @@ mod bench_data;
 mod bench_dpo;
 mod bench_eval;
 mod bench_gemm;
+mod bench_gen_sweep;
 mod bench_merge;
 mod bench_serve;
 mod bench_steer;

@@ -1,6 +1,6 @@
 //! The projection every block uses. It is the seam where later work plugs in
 //! adapters (LoRA) and quantized bases: callers only see `forward`.
-use super::kernels::{gemm, ggml_gemv, qgemv};
+use super::kernels::{dequant, gemm, kquant, qgemm, qgemv};
 use crate::Result;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
@@ -38,11 +38,10 @@ pub trait Delta: std::fmt::Debug + Send + Sync {
     }
 }
 
-/// Quantized products on the CPU run on our rayon pool: Q4_1, Q5_0 and Q8_0 through our
-/// SIMD kernels (candle only has scalar code for the first two), the other block types
-/// through candle's per-block dot products.
+/// Quantized products on the CPU run on our rayon pool: the 32-value block types through
+/// our SIMD kernels (`qgemv`: candle has only scalar Q4_1 / Q5_0 / Q5_1 dot products), the
+/// K-quants through our AVX2 ports of candle's (`kquant`), chosen at run time.
 fn qgemv_forward(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
-    use candle_core::quantized::k_quants::*;
     use qgemv::Format;
     if !q.device().is_cpu() {
         return Ok(None);
@@ -55,15 +54,28 @@ fn qgemv_forward(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
         GgmlDType::Q4_1 => qgemv::matmul(Format::Q4_1, &w, n, k, &xs, rows),
         GgmlDType::Q5_0 => qgemv::matmul(Format::Q5_0, &w, n, k, &xs, rows),
         GgmlDType::Q8_0 => qgemv::matmul(Format::Q8_0, &w, n, k, &xs, rows),
-        GgmlDType::Q4_0 => ggml_gemv::matmul::<BlockQ4_0>(&w, n, k, &xs, rows),
-        GgmlDType::Q5_1 => ggml_gemv::matmul::<BlockQ5_1>(&w, n, k, &xs, rows),
-        GgmlDType::Q2K => ggml_gemv::matmul::<BlockQ2K>(&w, n, k, &xs, rows),
-        GgmlDType::Q3K => ggml_gemv::matmul::<BlockQ3K>(&w, n, k, &xs, rows),
-        GgmlDType::Q4K => ggml_gemv::matmul::<BlockQ4K>(&w, n, k, &xs, rows),
-        GgmlDType::Q5K => ggml_gemv::matmul::<BlockQ5K>(&w, n, k, &xs, rows),
-        GgmlDType::Q6K => ggml_gemv::matmul::<BlockQ6K>(&w, n, k, &xs, rows),
-        _ => return Ok(None),
+        GgmlDType::Q4_0 => qgemv::matmul(Format::Q4_0, &w, n, k, &xs, rows),
+        GgmlDType::Q5_1 => qgemv::matmul(Format::Q5_1, &w, n, k, &xs, rows),
+        dtype => match kquant::matmul(dtype, &w, n, k, &xs, rows) {
+            Some(y) => y,
+            None => return Ok(None),
+        },
     };
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().expect("rank >= 1") = n;
+    Ok(Some(Tensor::from_vec(y, shape, x.device())?))
+}
+
+/// Several tokens against a quantized weight through the int8 GEMM; None where it has no
+/// kernel for the format or this CPU.
+fn qgemm_forward(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+    if !q.device().is_cpu() || !qgemm::available() {
+        return Ok(None);
+    }
+    let (n, k) = q.shape().dims2()?;
+    let rows = x.elem_count() / k;
+    let xs = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let Some(y) = qgemm::matmul(q.dtype(), &q.data()?, n, k, &xs, rows) else { return Ok(None) };
     let mut shape = x.dims().to_vec();
     *shape.last_mut().expect("rank >= 1") = n;
     Ok(Some(Tensor::from_vec(y, shape, x.device())?))
@@ -134,9 +146,17 @@ impl Linear {
                 // row (measured: 120 -> 468 prompt tok/s on SmolLM2). Deciding by tokens per
                 // row, not total rows, keeps a sequence's numerics independent of how many
                 // others share its batch.
+                // Inference (nothing to differentiate): int8 products on the blocks as they
+                // are, activations quantized per 32 values as llama.cpp does (`qgemm.rs`).
+                // Training keeps the f32 product its backward pass is the gradient of.
+                if !x.track_op() {
+                    if let Some(y) = qgemm_forward(q, x)? {
+                        return self.add_bias(y);
+                    }
+                }
                 // f32: rounding the dequantized weight to bf16 for AMX changed greedy tokens
                 // against llama.cpp on gemma3's Q8_0 export (tests/gguf_export.rs).
-                let w = q.dequantize(&q.device())?;
+                let w = dequant::dequantize(q)?;
                 let (in_f, rows) = (w.dim(1)?, x.elem_count() / w.dim(1)?);
                 let y = gemm::tensor::matmul_with(&x.reshape((rows, in_f))?, &w.t()?, gemm::Precision::F32)?;
                 let mut out = x.dims().to_vec();
@@ -148,6 +168,10 @@ impl Linear {
                 None => mm.forward(x)?,
             },
         };
+        self.add_bias(y)
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -166,7 +190,7 @@ impl Linear {
     pub fn dense_weight(&self) -> Result<Tensor> {
         Ok(match &self.weight {
             LinearWeight::Dense(w) => w.to_dtype(candle_core::DType::F32)?,
-            LinearWeight::Quant(q, _) => q.dequantize(&q.device())?,
+            LinearWeight::Quant(q, _) => dequant::dequantize(q)?,
         })
     }
 

@@ -1,17 +1,24 @@
-//! Matrix products against any GGUF block type through candle's per-block dot products
-//! (AVX2 for the K-quants), threaded by our rayon pool. candle's own QMatMul runs on a
-//! second, spinning thread pool; with both pools on two cores, each stalls the other.
+//! Matrix products against any GGUF block type through candle's per-block dot products,
+//! threaded by our rayon pool: the K-quants' path where our AVX2 kernels (`kquant`) do not
+//! apply (no AVX2; aarch64, where candle has NEON). candle's own QMatMul runs on a second,
+//! spinning thread pool; with both pools on two cores, each stalls the other.
 use candle_core::quantized::k_quants::GgmlType;
 use rayon::prelude::*;
+
+/// Raw GGUF bytes as `count` blocks of candle's `T`.
+pub fn as_blocks<T: GgmlType>(w: &[u8], count: usize) -> &[T] {
+    assert_eq!(w.len(), count * std::mem::size_of::<T>(), "a whole number of blocks");
+    assert_eq!(w.as_ptr() as usize % std::mem::align_of::<T>(), 0, "block storage is aligned");
+    // SAFETY: the bytes are `count` blocks of T (repr(C), plain integers and f16s); size and
+    // alignment were checked above.
+    unsafe { std::slice::from_raw_parts(w.as_ptr() as *const T, count) }
+}
 
 /// `y (m, n) = x (m, k) . W^T` for `W` given as `n` rows of `T` blocks (raw GGUF bytes).
 pub fn matmul<T: GgmlType>(w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
     let per_row = k / T::BLCK_SIZE;
-    assert!(k.is_multiple_of(T::BLCK_SIZE) && w.len() == n * per_row * std::mem::size_of::<T>() && x.len() == m * k);
-    assert_eq!(w.as_ptr() as usize % std::mem::align_of::<T>(), 0, "block storage is aligned");
-    // SAFETY: the bytes are a GGUF tensor of `n * per_row` blocks of T (repr(C)); size and
-    // alignment were checked above.
-    let blocks: &[T] = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const T, n * per_row) };
+    assert!(k.is_multiple_of(T::BLCK_SIZE) && x.len() == m * k);
+    let blocks = as_blocks::<T>(w, n * per_row);
     let xq: Vec<Vec<T::VecDotType>> = (0..m)
         .map(|i| {
             let mut q = vec![T::VecDotType::zeros(); k / T::VecDotType::BLCK_SIZE];
