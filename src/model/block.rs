@@ -86,7 +86,7 @@ impl Attention {
                 let mut rows = Vec::with_capacity(b);
                 for (r, &s0) in st.iter().enumerate() {
                     let n = k.dim(2)? - s0;
-                    let (kr, vr) = (k.narrow(0, r, 1)?.narrow(2, s0, n)?.contiguous()?, v.narrow(0, r, 1)?.narrow(2, s0, n)?.contiguous()?);
+                    let (kr, vr) = (k.narrow(0, r, 1)?.narrow(2, s0, n)?, v.narrow(0, r, 1)?.narrow(2, s0, n)?);
                     let mr = match mask {
                         Some(m) => Some(m.narrow(0, r, 1)?.narrow(3, s0, n)?.contiguous()?),
                         None => None,
@@ -95,7 +95,7 @@ impl Attention {
                 }
                 Tensor::cat(&rows, 0)?
             }
-            _ => attend(&q, &k, &v.contiguous()?, mask, t)?,
+            _ => attend(&q, &k, &v, mask, t)?,
         }; // (B, KV, R*T, D)
         let y = y.reshape((b, self.heads, t, self.head_dim))?.transpose(1, 2)?;
         self.o.forward(&y.reshape((b, t, self.heads * self.head_dim))?)
@@ -104,13 +104,15 @@ impl Attention {
 
 /// `softmax(q k^T + mask) v` for `q (B, KV, R*T, D)` holding `t` queries per head.
 /// Several queries (prefill, scoring, training) on the CPU take the fused kernel, which
-/// keeps no score matrix for backward; decode steps keep the matmul path (one query
-/// row per head gains nothing from tiling).
+/// keeps no score matrix for backward; decode steps read the KV cache where it lies.
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, t: usize) -> Result<Tensor> {
     if t > 1 && attention::applies(q, k, v, mask, t) {
         return attention::attention(q, k, v, mask, t);
     }
-    attend_unfused(q, k, v, mask)
+    if attention::decode_applies(q, k, v, mask, t) {
+        return attention::decode(q, k, v, mask);
+    }
+    attend_unfused(q, k, &v.contiguous()?, mask)
 }
 
 /// [`attend`] as matmuls and a softmax: the CUDA, non-f32 and decode path.

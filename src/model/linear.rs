@@ -121,10 +121,27 @@ impl Linear {
             }
         }
         let trainable = matches!(&self.weight, LinearWeight::Dense(w) if w.track_op());
-        let y = if trainable { self.forward_plain(x)? } else { super::ops::frozen_linear(self, x)? };
+        let y = if trainable {
+            self.forward_plain(x)?
+        } else if let Some(y) = self.int8_prefill(x)? {
+            y
+        } else {
+            super::ops::frozen_linear(self, x)?
+        };
         match &self.adapter {
             Some(a) if a.enabled() => Ok((y + a.delta(x)?)?),
             _ => Ok(y),
+        }
+    }
+
+    /// Several tokens per sequence against a quantized weight, where no gradient flows
+    /// through `x` (inference: prefill, scoring): int8 products on the blocks as they are,
+    /// activations quantized per 32 values as llama.cpp does (`kernels/qgemm.rs`). Training
+    /// keeps the f32 product that its backward pass is the gradient of (`forward_plain`).
+    fn int8_prefill(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        match &self.weight {
+            LinearWeight::Quant(q, _) if tokens_per_row(x) > 1 && !x.track_op() => Ok(qgemm_forward(q, x)?.map(|y| self.add_bias(y)).transpose()?),
+            _ => Ok(None),
         }
     }
 
@@ -146,14 +163,6 @@ impl Linear {
                 // row (measured: 120 -> 468 prompt tok/s on SmolLM2). Deciding by tokens per
                 // row, not total rows, keeps a sequence's numerics independent of how many
                 // others share its batch.
-                // Inference (nothing to differentiate): int8 products on the blocks as they
-                // are, activations quantized per 32 values as llama.cpp does (`qgemm.rs`).
-                // Training keeps the f32 product its backward pass is the gradient of.
-                if !x.track_op() {
-                    if let Some(y) = qgemm_forward(q, x)? {
-                        return self.add_bias(y);
-                    }
-                }
                 // f32: rounding the dequantized weight to bf16 for AMX changed greedy tokens
                 // against llama.cpp on gemma3's Q8_0 export (tests/gguf_export.rs).
                 let w = dequant::dequantize(q)?;

@@ -24,9 +24,12 @@ fn add_extra(grads: &GradStore, params: &[Tensor]) -> candle_core::Result<()> {
     let map = guard.get_or_insert_with(HashMap::new);
     for p in params {
         if let Some(g) = grads.get(p) {
+            // Detached: a gradient computed from the block's activations carries their
+            // graph, which kept every recomputed block alive until the step ended.
+            let g = g.detach();
             let sum = match map.remove(&p.id()) {
                 Some(acc) => (acc + g)?,
-                None => g.clone(),
+                None => g,
             };
             map.insert(p.id(), sum);
         }
@@ -63,8 +66,9 @@ impl CustomOp1 for Recompute {
         let xv = Var::from_tensor(&x.detach())?;
         let y = self.block.forward(xv.as_tensor(), &self.rope, self.mask.as_ref(), None, None).map_err(candle_core::Error::wrap)?;
         let grads = (y * g.detach())?.sum_all()?.backward()?;
+
         add_extra(&grads, &self.block.trainable_params())?;
-        Ok(grads.get(xv.as_tensor()).cloned())
+        Ok(grads.get(xv.as_tensor()).map(Tensor::detach))
     }
 }
 

@@ -54,7 +54,8 @@ pub fn objective_step(obj: &dyn Objective, ctx: &Ctx, micro: &[Rows], params: &[
         // Gradients found inside recomputed blocks (gradient checkpointing).
         let mut extra = crate::model::recompute::take_extra_grads();
         for (acc, p) in grads.iter_mut().zip(params) {
-            for gp in g.get(p.as_tensor()).cloned().into_iter().chain(extra.remove(&p.as_tensor().id())) {
+            // Detached, so the activations a gradient was computed from are freed with the graph.
+            for gp in g.get(p.as_tensor()).map(Tensor::detach).into_iter().chain(extra.remove(&p.as_tensor().id())) {
                 *acc = Some(match acc.take() {
                     Some(a) => (a + gp)?,
                     None => gp,
