@@ -161,4 +161,17 @@ fn simd_packing_equals_scalar_packing() {
             }
         }
     }
+    // Row-major f32 A (strided rows, a ragged last panel) into 12-row panels.
+    let (mc, lda) = (29, kc + 3);
+    let x = random(mc * lda, 10);
+    let mut got = vec![f32::NAN; 12 * kc * mc.div_ceil(12)];
+    f32k::pack_a::<12, f32>(MatRef::new(&x[..], lda, 1), mc, kc, &mut got);
+    for (q, panel) in got.chunks(12 * kc).enumerate() {
+        for p in 0..kc {
+            for i in 0..12 {
+                let want = if q * 12 + i < mc { x[(q * 12 + i) * lda + p] } else { 0.0 };
+                assert_eq!(panel[p * 12 + i], want, "panel {q} step {p} row {i}");
+            }
+        }
+    }
 }
