@@ -53,6 +53,22 @@ fn greedy(model: &CausalLm, tok: &Tokenizer, ids: &[u32], n: usize) -> Vec<u32> 
     generate(model, tok, &[ids.to_vec()], &opts, &mut |_, _| {}).unwrap().remove(0).tokens
 }
 
+/// Two engines' greedy tokens agree, or part only at a near-tie: from the first token where
+/// they differ on, each follows its own choice, so only that one is checked. It must come
+/// after the first 8, and instill's logit for llama.cpp's token must be within 0.5 of its
+/// own choice (a wrong export gives a different distribution, not a tie: the tensors
+/// themselves are checked byte for byte in `smollm2_every_quant_bytes_and_reload`).
+fn assert_agree(model: &CausalLm, prompt: &[u32], ours: &[u32], theirs: &[u32], what: &str) {
+    let Some(i) = ours.iter().zip(theirs).position(|(a, b)| a != b) else { return };
+    assert!(i >= 8, "{what}: greedy tokens part at token {i}:\n{ours:?}\n{theirs:?}");
+    let ctx: Vec<u32> = prompt.iter().chain(&ours[..i]).copied().collect();
+    let logits = model.forward(&instill::model::Batch::single(&ctx, 0), None, instill::model::LogitsFor::Last).unwrap();
+    let logits = logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+    let gap = logits[ours[i] as usize] - logits[theirs[i] as usize];
+    eprintln!("{what}: tokens part at {i}, logit gap {gap}");
+    assert!(gap.abs() < 0.5, "{what}: greedy tokens part at token {i} with a logit gap of {gap}:\n{ours:?}\n{theirs:?}");
+}
+
 fn llama_cpp_greedy(gguf: &Path, ids: &[u32], lora: Option<&Path>) -> Vec<u32> {
     let ids = serde_json::to_string(ids).unwrap();
     let n = N.to_string();
@@ -109,7 +125,7 @@ fn smollm2_every_quant_bytes_and_reload() {
 }
 
 /// llama.cpp loads the f16, q8_0 and q4_k_m exports of each family; on f16 and q8_0 its
-/// greedy 32 tokens equal instill's on the same file.
+/// greedy 32 tokens equal instill's on the same file, or part only at a near-tie.
 fn llama_cpp_matches(id: &str) {
     let dir = tmpdir(&format!("gguf-{id}"));
     let src = source(id);
@@ -124,7 +140,7 @@ fn llama_cpp_matches(id: &str) {
             let (m2, t2) = load(&ModelSource::Gguf(out.clone()));
             let ours = greedy(&m2, &t2, &ids, N);
             eprintln!("{id} {q}: instill {ours:?}\n{id} {q}: llama.cpp {theirs:?}");
-            assert_eq!(ours, theirs, "{id} {q}: greedy tokens differ");
+            assert_agree(&m2, &ids, &ours, &theirs, &format!("{id} {q}"));
         }
         let _ = std::fs::remove_file(&out);
     }

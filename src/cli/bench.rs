@@ -73,7 +73,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
     }
     let threads = rayon::current_num_threads();
     let bw = memory_read_bandwidth(threads);
-    println!("threads {threads}; measured memory read bandwidth {bw:.1} GB/s");
+    println!("threads {threads}; measured memory read bandwidth {bw:.1} GB/s; int8 prefill {}", if instill::model::kernels::qgemm::enabled() { "on" } else { "off" });
     println!("| model | prompt tok | instill pp tok/s | llama.cpp pp tok/s | pp ratio | instill tg tok/s | llama.cpp tg tok/s | tg ratio | weights read/token | bandwidth used | same greedy tokens |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for m in &a.model {

@@ -118,7 +118,8 @@ fn axis(a: &GenBench, m: &str, axis: &str, tok: &Tokenizer, gguf: &Path, plots: 
 
 pub fn sweep(a: &GenBench, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    println!("threads {}; {} decoded tokens per sequence; median of {} after a warm-up; each configuration in its own process", rayon::current_num_threads(), a.n_gen, a.reps);
+    let int8 = if instill::model::kernels::qgemm::enabled() { "on" } else { "off" };
+    println!("threads {}; {} decoded tokens per sequence; median of {} after a warm-up; int8 prefill {int8}; each configuration in its own process", rayon::current_num_threads(), a.n_gen, a.reps);
     println!("| model | sequences | prompt tokens each | instill pp tok/s | llama.cpp pp tok/s | pp ratio | instill tg tok/s (all sequences) | llama.cpp tg tok/s | tg ratio | instill peak RSS MiB | llama.cpp peak RSS MiB | same greedy tokens (sequence 0) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (ax, label, what) in [("len", "prompt tokens (one sequence)", "prompt processing tokens/s"), ("batch", "sequences decoded together (128 prompt tokens each)", "decode tokens/s, all sequences")]

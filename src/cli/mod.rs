@@ -34,6 +34,11 @@ struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Quantized weights: prefill (prompt processing, scoring) as int8 products with
+    /// 8-bit activations, as llama.cpp does, on CPUs with AVX-512 VNNI (faster; numerics
+    /// as llama.cpp's rather than f32). Same as INSTILL_QGEMM=1.
+    #[arg(long, global = true)]
+    int8_prefill: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -122,6 +127,10 @@ impl ModelArgs {
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    if cli.int8_prefill {
+        // Read once by the kernel layer; workers the benchmarks spawn inherit it.
+        std::env::set_var("INSTILL_QGEMM", "1");
+    }
     if let Some(n) = cli.threads {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;

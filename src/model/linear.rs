@@ -69,7 +69,7 @@ fn qgemv_forward(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
 /// Several tokens against a quantized weight through the int8 GEMM; None where it has no
 /// kernel for the format or this CPU.
 fn qgemm_forward(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
-    if !q.device().is_cpu() || !qgemm::available() {
+    if !q.device().is_cpu() || !qgemm::enabled() {
         return Ok(None);
     }
     let (n, k) = q.shape().dims2()?;
@@ -135,9 +135,10 @@ impl Linear {
     }
 
     /// Several tokens per sequence against a quantized weight, where no gradient flows
-    /// through `x` (inference: prefill, scoring): int8 products on the blocks as they are,
-    /// activations quantized per 32 values as llama.cpp does (`kernels/qgemm.rs`). Training
-    /// keeps the f32 product that its backward pass is the gradient of (`forward_plain`).
+    /// through `x` (inference: prefill, scoring), with `--int8-prefill`: int8 products on
+    /// the blocks as they are, activations quantized per 32 values as llama.cpp does
+    /// (`kernels/qgemm.rs`). Training keeps the f32 product that its backward pass is the
+    /// gradient of (`forward_plain`).
     fn int8_prefill(&self, x: &Tensor) -> Result<Option<Tensor>> {
         match &self.weight {
             LinearWeight::Quant(q, _) if tokens_per_row(x) > 1 && !x.track_op() => Ok(qgemm_forward(q, x)?.map(|y| self.add_bias(y)).transpose()?),
