@@ -9,7 +9,7 @@ use std::process::Command;
 fn generate(model: &str, int8: bool) -> String {
     let path = source(model).path().to_path_buf();
     let mut c = Command::new(env!("CARGO_BIN_EXE_instill"));
-    c.args(["--threads", "2", "generate", "-m", path.to_str().unwrap(), "--prompt", "What is the capital of France? Answer in one sentence.", "--max-new-tokens", "16"]);
+    c.args(["--threads", "2", "generate", "-m", path.to_str().unwrap(), "--chat", "What is the capital of France? Answer in one sentence.", "--max-new-tokens", "16"]);
     if int8 {
         c.arg("--int8-prefill");
     }

@@ -244,15 +244,8 @@ fn decode_head_with<S: Simd>(o: &mut [f32], q: &[f32], k: Mat, v: Mat, mask: Opt
         }
     }
     for row in scores.chunks_exact_mut(s) {
-        // As the unfused path's softmax (libm exp, summed in order): the probabilities of
-        // a decode step keep the numerics greedy continuations were checked with.
-        let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for p in row.iter_mut() {
-            *p = (*p - mx).exp();
-            sum += *p;
-        }
-        let inv = 1.0 / sum;
+        let m = row_max(row);
+        let inv = 1.0 / exp_sum::<S>(row, m);
         row.iter_mut().for_each(|p| *p *= inv);
     }
     o.fill(0.0);
