@@ -142,6 +142,7 @@ fn example_losses(m: &instill::CausalLm, rows: &Rows) -> std::collections::BTree
         let seg = &rows.batch.segments[r];
         for (s, &ex) in exs.iter().enumerate() {
             let (mut sum, mut n) = (0f32, 0);
+            #[allow(clippy::needless_range_loop)] // i indexes four parallel arrays
             for i in 1..seg.len() {
                 if seg[i] == s as u32 && rows.targets[r][i] {
                     let t = rows.batch.tokens[r][i] as usize;

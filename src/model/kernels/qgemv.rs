@@ -83,6 +83,8 @@ pub fn block_quantizer() -> BlockQuantizer {
 }
 
 /// Scale max |x| / 127, quants rounded half away from zero (Rust's `round`).
+/// # Safety
+/// Always safe to call (plain Rust); `unsafe` only to share [`BlockQuantizer`]'s type.
 pub unsafe fn quantize_block_scalar(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
     let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;

@@ -39,7 +39,7 @@ fn pack_a<const SPLIT: bool, A: Elem>(a: MatRef<A>, mc: usize, kc: usize, out: &
     let rep = if SPLIT { 2 } else { 1 };
     for (q, panel) in out.chunks_mut(32 * 16 * blocks * rep).take(mc.div_ceil(32)).enumerate() {
         let rows = 32.min(mc - q * 32);
-        if rows < 32 || kc % 32 != 0 {
+        if rows < 32 || !kc.is_multiple_of(32) {
             panel.fill(0);
         }
         for i in 0..rows {

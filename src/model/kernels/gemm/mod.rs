@@ -139,12 +139,14 @@ pub fn has_bf16_dot() -> bool {
 
 /// `C = A B` (or `C += A B` with `accumulate`), f32 arithmetic, on the calling thread's
 /// rayon pool. `c` holds `m` rows of stride `ldc`.
+#[allow(clippy::too_many_arguments)] // BLAS's shape: dimensions, operands, output, stride, mode
 pub fn sgemm<A: Elem, B: Elem>(m: usize, n: usize, k: usize, a: MatRef<A>, b: MatRef<B>, c: &mut [f32], ldc: usize, accumulate: bool) {
     run(m, n, k, a, b, c, ldc, accumulate, isa(), Precision::F32);
 }
 
 /// `C = A B` with both operands rounded to bf16 and products summed in f32 (AMX or
 /// `vdpbf16ps`); the f32 kernel where the CPU has neither.
+#[allow(clippy::too_many_arguments)] // BLAS's shape: dimensions, operands, output, stride, mode
 pub fn bgemm<A: Elem, B: Elem>(m: usize, n: usize, k: usize, a: MatRef<A>, b: MatRef<B>, c: &mut [f32], ldc: usize, accumulate: bool) {
     run(m, n, k, a, b, c, ldc, accumulate, isa(), bf16_precision());
 }

@@ -3,6 +3,7 @@ use super::MatRef;
 
 /// `C = A B` (`accumulate`: `C += A B`), with f64 sums: `A (m, k)`, `B (k, n)`, `C (m, n)`
 /// row-major with row stride `ldc`.
+#[allow(clippy::too_many_arguments)] // BLAS's shape: dimensions, operands, output, stride, mode
 pub fn gemm(m: usize, n: usize, k: usize, a: MatRef<f32>, b: MatRef<f32>, c: &mut [f32], ldc: usize, accumulate: bool) {
     for i in 0..m {
         for j in 0..n {
