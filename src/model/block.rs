@@ -28,12 +28,8 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate.forward(x)?;
-        let g = match self.act {
-            Activation::Silu => candle_nn::ops::silu(&g)?,
-            Activation::GeluTanh => g.gelu()?,
-        };
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        let h = super::ops::glu(&self.gate.forward(x)?, &self.up.forward(x)?, self.act)?;
+        self.down.forward(&h)
     }
 }
 
@@ -53,14 +49,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn heads_first(&self, x: &Tensor, n: usize, norm: &Option<RmsNorm>) -> Result<Tensor> {
+    /// `(B, T, n x D)` -> `(B, T, n, D)`, through the per-head norm where there is one.
+    fn split_heads(&self, x: &Tensor, n: usize, norm: &Option<RmsNorm>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let x = x.reshape((b, t, n, self.head_dim))?;
-        let x = match norm {
-            Some(nm) => nm.forward(&x)?,
-            None => x,
-        };
-        Ok(x.transpose(1, 2)?.contiguous()?)
+        match norm {
+            Some(nm) => nm.forward(&x),
+            None => Ok(x),
+        }
     }
 
     /// `x (B, T, hidden)`; `mask (B, 1, T, S)` or None; the cache grows by `T`.
@@ -70,9 +66,10 @@ impl Attention {
     /// batch-invariant decoding).
     pub fn forward(&self, x: &Tensor, rope: &RopeTable, mask: Option<&Tensor>, cache: Option<&mut candle_nn::kv_cache::KvCache>, starts: Option<&[usize]>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let q = rope.apply(&self.heads_first(&self.q.forward(x)?, self.heads, &self.q_norm)?, self.rope_style)?;
-        let k = rope.apply(&self.heads_first(&self.k.forward(x)?, self.kv_heads, &self.k_norm)?, self.rope_style)?;
-        let v = self.heads_first(&self.v.forward(x)?, self.kv_heads, &None)?;
+        // Queries and keys go heads-first in their rotation's pass; the queries carry the scale.
+        let q = rope.apply_heads_first(&self.split_heads(&self.q.forward(x)?, self.heads, &self.q_norm)?, self.rope_style, self.scale)?;
+        let k = rope.apply_heads_first(&self.split_heads(&self.k.forward(x)?, self.kv_heads, &self.k_norm)?, self.rope_style, 1.0)?;
+        let v = self.split_heads(&self.v.forward(x)?, self.kv_heads, &None)?.transpose(1, 2)?.contiguous()?;
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
@@ -80,7 +77,7 @@ impl Attention {
         // Grouped-query attention without copying K/V: fold each KV head's query
         // heads into the row dimension, (B, H, T, D) -> (B, KV, R*T, D).
         let rep = self.heads / self.kv_heads;
-        let q = (q.reshape((b, self.kv_heads, rep * t, self.head_dim))? * self.scale)?;
+        let q = q.reshape((b, self.kv_heads, rep * t, self.head_dim))?;
         let y = match starts {
             Some(st) if t == 1 => {
                 let mut rows = Vec::with_capacity(b);

@@ -5,10 +5,10 @@
 //! These custom ops run one pass over the data forward and give exactly the gradients
 //! training needs. Off the CPU (CUDA) they fall back to candle's composed ops, which
 //! autograd differentiates.
-use super::config::RopeStyle;
+use super::config::{Activation, RopeStyle};
 use super::linear::Linear;
 use crate::Result;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
 /// The contiguous f32 data of an op's input.
@@ -17,6 +17,14 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("fused op: input must be contiguous"),
+    }
+}
+
+/// The contiguous f32 data of a tensor's storage (a backward pass's inputs).
+pub(crate) fn cpu_data<'a>(s: &'a Storage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(c) => slice(c, l),
+        _ => candle_core::bail!("fused op: expected CPU storage"),
     }
 }
 
@@ -52,20 +60,49 @@ impl CustomOp2 for RmsNormOp {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // y = w * x * r, r = (mean(x^2) + eps)^-1/2:
-        // dx = r * (g*w) - x * r^3 * mean(g*w*x), dw = sum over rows of g * x * r.
-        let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?.sqrt()?.recip()?;
-        let gw = g.broadcast_mul(w)?;
-        let dot = (&gw * x)?.mean_keepdim(D::Minus1)?;
-        let dx = (gw.broadcast_mul(&inv)? - x.broadcast_mul(&(inv.powf(3.0)? * dot)?)?)?;
-        let dw = if w.track_op() {
-            let d = w.dim(0)?;
-            Some((g * x.broadcast_mul(&inv)?)?.reshape(((), d))?.sum(0)?)
-        } else {
-            None
-        };
-        Ok((Some(dx), dw))
+        let (x, g) = (x.contiguous()?, g.contiguous()?);
+        let guards = [&x, w, &g].map(|t| t.storage_and_layout());
+        let [xs, ws, gs] = [0, 1, 2].map(|i| cpu_data(&guards[i].0, guards[i].1));
+        let (dx, dw) = rms_norm_backward(xs?, ws?, gs?, self.eps, w.track_op());
+        let dev = x.device();
+        Ok((Some(Tensor::from_vec(dx, x.shape(), dev)?), dw.map(|d| Tensor::from_vec(d, w.shape(), dev)).transpose()?))
     }
+}
+
+/// RMSNorm's gradients in one pass over the rows: for `y = w * x * r`, `r = (mean(x^2) +
+/// eps)^-1/2`, `dx = r * (g*w) - x * r^3 * mean(g*w*x)` and (when `want_dw`) `dw = sum over
+/// rows of g * x * r`, summed per chunk of rows and then over the chunks.
+fn rms_norm_backward(x: &[f32], w: &[f32], g: &[f32], eps: f32, want_dw: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+    let n = w.len();
+    let mut dx = vec![0f32; x.len()];
+    const ROWS: usize = 16;
+    let partial: Vec<Vec<f32>> = dx
+        .par_chunks_mut(n * ROWS)
+        .zip(x.par_chunks(n * ROWS).zip(g.par_chunks(n * ROWS)))
+        .map(|(dxc, (xc, gc))| {
+            let mut dw = vec![0f32; if want_dw { n } else { 0 }];
+            for ((d, xr), gr) in dxc.chunks_mut(n).zip(xc.chunks(n)).zip(gc.chunks(n)) {
+                let r = 1.0 / (xr.iter().map(|v| v * v).sum::<f32>() / n as f32 + eps).sqrt();
+                let dot = xr.iter().zip(gr).zip(w).map(|((x, g), w)| g * w * x).sum::<f32>() / n as f32;
+                let c = r * r * r * dot;
+                for (((d, x), g), w) in d.iter_mut().zip(xr).zip(gr).zip(w) {
+                    *d = r * g * w - x * c;
+                }
+                for ((a, x), g) in dw.iter_mut().zip(xr).zip(gr) {
+                    *a += g * x * r;
+                }
+            }
+            dw
+        })
+        .collect();
+    let dw = want_dw.then(|| {
+        let mut acc = vec![0f32; n];
+        for p in &partial {
+            acc.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+        acc
+    });
+    (dx, dw)
 }
 
 /// `x * rsqrt(mean(x^2) + eps) * w` over the last dimension.
@@ -75,6 +112,96 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         return Ok(candle_nn::ops::rms_norm_slow(&x, w, eps as f32)?);
     }
     Ok(x.apply_op2_no_bwd_if(w, RmsNormOp { eps: eps as f32 })?)
+}
+
+// ---------- gated activation: act(gate) * up ----------
+
+/// `act(gate) * up` (SwiGLU, GeGLU) in one pass forward, and both gradients in one pass
+/// backward, where candle's composed ops make ten passes and keep `act(gate)`. The forward
+/// computes exactly candle's `silu`/`gelu` then `*`, so inference is bit-for-bit unchanged.
+struct GluOp {
+    act: Activation,
+}
+
+/// Elements per parallel chunk of the elementwise ops.
+const CHUNK: usize = 4096;
+
+/// candle's `silu` and tanh-`gelu` of one value, with the same operations in the same order.
+#[inline(always)]
+fn act_f(act: Activation, v: f32) -> f32 {
+    match act {
+        Activation::Silu => v / (1.0 + (-v).exp()),
+        Activation::GeluTanh => 0.5 * v * (1.0 + f32::tanh(GELU_C * v * (1.0 + 0.044715 * v * v))),
+    }
+}
+
+/// sqrt(2 / pi), as candle's gelu has it.
+const GELU_C: f32 = 0.797_884_6;
+
+/// `(act(v), act'(v))`.
+#[inline(always)]
+fn act_and_grad(act: Activation, v: f32) -> (f32, f32) {
+    match act {
+        Activation::Silu => {
+            let s = 1.0 / (1.0 + (-v).exp());
+            (v * s, s * (1.0 + v * (1.0 - s)))
+        }
+        Activation::GeluTanh => {
+            let t = f32::tanh(GELU_C * v * (1.0 + 0.044715 * v * v));
+            (0.5 * v * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * 0.044715 * v * v))
+        }
+    }
+}
+
+impl CustomOp2 for GluOp {
+    fn name(&self) -> &'static str {
+        "instill-glu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, u) = (slice(s1, l1)?, slice(s2, l2)?);
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("glu: gate {:?} and up {:?} differ in shape", l1.shape(), l2.shape());
+        }
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK))).for_each(|(y, (g, u))| {
+            for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                *y = act_f(self.act, g) * u;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let guards = [g, u, &dy].map(|t| t.storage_and_layout());
+        let [gs, us, ds] = [0, 1, 2].map(|i| cpu_data(&guards[i].0, guards[i].1));
+        let (gs, us, ds) = (gs?, us?, ds?);
+        let (mut dg, mut du) = (vec![0f32; gs.len()], vec![0f32; gs.len()]);
+        let outs = dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK));
+        outs.zip(gs.par_chunks(CHUNK).zip(us.par_chunks(CHUNK)).zip(ds.par_chunks(CHUNK))).for_each(|((dg, du), ((g, u), d))| {
+            for i in 0..g.len() {
+                let (a, da) = act_and_grad(self.act, g[i]);
+                du[i] = d[i] * a;
+                dg[i] = d[i] * u[i] * da;
+            }
+        });
+        let dev = g.device();
+        let grad = |x: &Tensor, d: Vec<f32>| x.track_op().then(|| Tensor::from_vec(d, x.shape(), dev)).transpose();
+        Ok((grad(g, dg)?, grad(u, du)?))
+    }
+}
+
+/// `act(gate) * up`: one fused op on the CPU, candle's ops elsewhere.
+pub fn glu(gate: &Tensor, up: &Tensor, act: Activation) -> Result<Tensor> {
+    if !gate.device().is_cpu() || gate.dtype() != candle_core::DType::F32 || up.dtype() != candle_core::DType::F32 {
+        let a = match act {
+            Activation::Silu => candle_nn::ops::silu(gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        return Ok((a * up)?);
+    }
+    Ok(gate.contiguous()?.apply_op2_no_bwd_if(&up.contiguous()?, GluOp { act })?)
 }
 
 // ---------- softmax over the last dimension ----------
@@ -156,12 +283,26 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
 
 // ---------- rotary embeddings ----------
 
+/// Rotation, scale and (optionally) the move to heads-first order in one pass.
 struct RopeOp {
     cos: Tensor,
     sin: Tensor,
     style: RopeStyle,
     /// Rotate the other way (the backward pass of a rotation).
     inverse: bool,
+    /// Multiplies the rotated values (the attention scale, folded into the queries).
+    scale: f32,
+    /// Forward: input `(B, T, H, D)`, output `(B, H, T, D)`; inverse: the other way round.
+    /// Otherwise both are `(B, H, T, D)`.
+    transpose: bool,
+}
+
+impl RopeOp {
+    /// `(B, H, T, D)` of the heads-first side, from the input's dims.
+    fn heads_first_dims(&self, l: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
+        let (b, x1, x2, d) = l.shape().dims4()?;
+        Ok(if self.transpose && !self.inverse { (b, x2, x1, d) } else { (b, x1, x2, d) })
+    }
 }
 
 impl CustomOp1 for RopeOp {
@@ -171,14 +312,20 @@ impl CustomOp1 for RopeOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
-        let (b, h, t, d) = l.shape().dims4()?;
+        let (_, h, t, d) = self.heads_first_dims(l)?;
         let cos = self.cos.flatten_all()?.to_vec1::<f32>()?;
         let sin = self.sin.flatten_all()?.to_vec1::<f32>()?;
         let half = d / 2;
         let sign = if self.inverse { -1.0 } else { 1.0 };
-        let y = rows(x, d, |row, r, o| {
-            // row = ((bi * h + hi) * t + ti)
-            let (bi, ti) = (row / (h * t), row % t);
+        // Row `(b, h, t)` of the heads-first side is row `(b, t, h)` of the other.
+        let other = |bi: usize, hi: usize, ti: usize| if self.transpose { (bi * t + ti) * h + hi } else { (bi * h + hi) * t + ti };
+        let heads_out = !(self.transpose && self.inverse);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d).enumerate().with_min_len(16).for_each(|(row, o)| {
+            // The heads-first coordinates of this output row, and the input row it reads.
+            let (bi, hi, ti) = if heads_out { (row / (h * t), (row / t) % h, row % t) } else { (row / (t * h), row % h, (row / h) % t) };
+            let src = if heads_out { other(bi, hi, ti) } else { (bi * h + hi) * t + ti };
+            let r = &x[src * d..(src + 1) * d];
             let at = (bi * t + ti) * half;
             let (c, s) = (&cos[at..at + half], &sin[at..at + half]);
             for i in 0..half {
@@ -187,16 +334,17 @@ impl CustomOp1 for RopeOp {
                     RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                 };
                 let (x0, x1, sn) = (r[ia], r[ib], sign * s[i]);
-                o[ia] = x0 * c[i] - x1 * sn;
-                o[ib] = x0 * sn + x1 * c[i];
+                o[ia] = (x0 * c[i] - x1 * sn) * self.scale;
+                o[ib] = (x0 * sn + x1 * c[i]) * self.scale;
             }
         });
-        let _ = b;
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        let dims = l.shape().dims();
+        let shape = if self.transpose { Shape::from((dims[0], dims[2], dims[1], dims[3])) } else { l.shape().clone() };
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let inv = RopeOp { cos: self.cos.clone(), sin: self.sin.clone(), style: self.style, inverse: !self.inverse };
+        let inv = RopeOp { cos: self.cos.clone(), sin: self.sin.clone(), inverse: !self.inverse, ..*self };
         Ok(Some(g.contiguous()?.apply_op1_no_bwd(&inv)?))
     }
 }
@@ -205,13 +353,27 @@ impl CustomOp1 for RopeOp {
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
     let x = x.contiguous()?;
     if !x.device().is_cpu() {
-        return Ok(match style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i_slow(&x, cos, sin)?,
-            RopeStyle::Halves => candle_nn::rotary_emb::rope_slow(&x, cos, sin)?,
-        });
+        return rope_slow(&x, cos, sin, style);
     }
-    let op = RopeOp { cos: cos.clone(), sin: sin.clone(), style, inverse: false };
+    let op = RopeOp { cos: cos.clone(), sin: sin.clone(), style, inverse: false, scale: 1.0, transpose: false };
     Ok(x.apply_op1_no_bwd_if(op)?)
+}
+
+/// `x (B, T, H, D)` rotated by `cos, sin (B, T, D/2)`, times `scale`, as `(B, H, T, D)`:
+/// the queries' and keys' way into attention, one pass forward and one backward.
+pub fn rope_heads_first(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle, scale: f64) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        return Ok((rope_slow(&x.transpose(1, 2)?.contiguous()?, cos, sin, style)? * scale)?);
+    }
+    let op = RopeOp { cos: cos.clone(), sin: sin.clone(), style, inverse: false, scale: scale as f32, transpose: true };
+    Ok(x.contiguous()?.apply_op1_no_bwd_if(op)?)
+}
+
+fn rope_slow(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
+    Ok(match style {
+        RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i_slow(x, cos, sin)?,
+        RopeStyle::Halves => candle_nn::rotary_emb::rope_slow(x, cos, sin)?,
+    })
 }
 
 // ---------- projection through a frozen weight ----------
@@ -347,6 +509,51 @@ pub(crate) mod tests {
         let lw = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
         let lin = Linear::dense(lw, None);
         check_grad(|t| frozen_linear(&lin, t).unwrap(), &[2, 3, 4, 8]);
+    }
+
+    #[test]
+    fn glu_matches_candle_bit_for_bit_and_numeric_gradients() {
+        let dev = Device::Cpu;
+        let g = Tensor::randn(0f32, 2.0, (3, 5, 7), &dev).unwrap();
+        let u = Tensor::randn(0f32, 1.0, (3, 5, 7), &dev).unwrap();
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let slow = match act {
+                Activation::Silu => candle_nn::ops::silu(&g).unwrap(),
+                Activation::GeluTanh => g.gelu().unwrap(),
+            };
+            let slow = (slow * &u).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let ours = glu(&g, &u, act).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(ours.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "{act:?}: forward differs from candle's");
+            check_grad(|t| glu(t, &u, act).unwrap(), &[3, 5, 7]);
+            check_grad(|t| glu(&g, t, act).unwrap(), &[3, 5, 7]);
+        }
+        // Both gradients at once, against autograd through candle's ops.
+        let (gv, uv) = (Var::from_tensor(&g).unwrap(), Var::from_tensor(&u).unwrap());
+        let probe = Tensor::randn(0f32, 1.0, (3, 5, 7), &dev).unwrap();
+        let ours = (glu(gv.as_tensor(), uv.as_tensor(), Activation::Silu).unwrap() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let slow = (candle_nn::ops::silu(gv.as_tensor()).unwrap() * uv.as_tensor()).unwrap();
+        let slow = (slow * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&gv, &uv] {
+            assert!(max_abs(ours.get(v.as_tensor()).unwrap(), slow.get(v.as_tensor()).unwrap()) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn rope_heads_first_is_transpose_rotate_scale() {
+        let dev = Device::Cpu;
+        let (b, t, h, d) = (2, 5, 3, 8);
+        let x = Tensor::randn(0f32, 1.0, (b, t, h, d), &dev).unwrap();
+        let cos = Tensor::randn(0f32, 1.0, (b, t, d / 2), &dev).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (b, t, d / 2), &dev).unwrap();
+        for style in [RopeStyle::Halves, RopeStyle::Interleaved] {
+            let slow = (rope(&x.transpose(1, 2).unwrap(), &cos, &sin, style).unwrap() * 0.125).unwrap();
+            let ours = rope_heads_first(&x, &cos, &sin, style, 0.125).unwrap();
+            assert_eq!(ours.dims(), &[b, h, t, d]);
+            assert_eq!(max_abs(&ours, &slow), 0.0, "{style:?}");
+            let norm = (cos.sqr().unwrap() + sin.sqr().unwrap()).unwrap().sqrt().unwrap();
+            let (c, s) = ((&cos / &norm).unwrap(), (&sin / &norm).unwrap());
+            check_grad(|z| rope_heads_first(z, &c, &s, style, 0.5).unwrap(), &[b, t, h, d]);
+        }
     }
 
     #[test]

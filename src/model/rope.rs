@@ -34,4 +34,9 @@ impl RopeTable {
     pub fn apply(&self, x: &Tensor, style: RopeStyle) -> Result<Tensor> {
         super::ops::rope(x, &self.cos, &self.sin, style)
     }
+
+    /// Rotate `x (B, T, H, D)` and scale it, giving `(B, H, T, D)`.
+    pub fn apply_heads_first(&self, x: &Tensor, style: RopeStyle, scale: f64) -> Result<Tensor> {
+        super::ops::rope_heads_first(x, &self.cos, &self.sin, style, scale)
+    }
 }

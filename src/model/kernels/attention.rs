@@ -13,7 +13,7 @@
 //! register-blocked kernel written for LLVM to vectorize, compiled for AVX-512, AVX2 + FMA
 //! and the baseline target (SSE2, NEON), chosen at run time.
 use super::super::cache::MASKED;
-use super::super::ops::slice;
+use super::super::ops::{cpu_data, slice};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -142,13 +142,6 @@ impl FlashAttention {
             }
             None => Ok(f(None)),
         }
-    }
-}
-
-fn cpu_data<'a>(s: &'a Storage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match s {
-        Storage::Cpu(c) => slice(c, l),
-        _ => candle_core::bail!("fused attention: expected CPU storage"),
     }
 }
 
