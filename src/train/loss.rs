@@ -4,7 +4,7 @@
 //! Each chunk's gradient is formed while its logits exist, so the backward pass does not
 //! go over the vocabulary again.
 use crate::data::pack::Rows;
-use crate::model::kernels::gemm::tensor::matmul as gemm;
+use crate::model::kernels::gemm::tensor::{matmul as gemm, matmul_vec as gemm_vec};
 use crate::model::CausalLm;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -41,6 +41,20 @@ pub fn loss_sum(model: &CausalLm, rows: &Rows) -> Result<(Tensor, usize)> {
     Ok((cross_entropy(&h, &w, &targets)?.sum_all()?, n))
 }
 
+/// A row of logits becomes its softmax in place; returns the row's log-sum-exp. One f32
+/// `exp` per logit, summed in f64.
+fn softmax_in_place(row: &mut [f32]) -> f64 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut s = 0f64;
+    for x in row.iter_mut() {
+        *x = (*x - m).exp();
+        s += *x as f64;
+    }
+    let inv = (1.0 / s) as f32;
+    row.iter_mut().for_each(|x| *x *= inv);
+    m as f64 + s.ln()
+}
+
 /// Per-row `-log softmax(h W^T)[target]`, `(N,)`, differentiable in `h` and in `w`
 /// (when `w` is trained, e.g. full fine-tuning of tied embeddings).
 pub fn cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> {
@@ -57,20 +71,16 @@ pub fn cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> 
     let (mut gh, mut gw): (Vec<Tensor>, Option<Tensor>) = (vec![], None);
     for (c, tg) in targets.chunks(CHUNK).enumerate() {
         let hc = hd.narrow(0, c * CHUNK, tg.len())?;
-        let logits = gemm(&hc, &wd.t()?)?;
-        let v = logits.dim(1)?;
-        let mut p = logits.flatten_all()?.to_vec1::<f32>()?;
+        let v = wd.dim(0)?;
+        let mut p = gemm_vec(&hc, &wd.t()?)?;
         // Per row: the loss, then softmax - onehot in place (the gradient of the loss with
         // respect to the logits, before the upstream factor), all rows in parallel.
         let chunk_losses: Vec<f32> = p
             .par_chunks_mut(v)
             .zip(tg.par_iter())
             .map(|(row, &t)| {
-                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let s: f64 = row.iter().map(|&x| ((x - m) as f64).exp()).sum();
-                let lse = m as f64 + s.ln();
-                let loss = (lse - row[t as usize] as f64) as f32;
-                row.iter_mut().for_each(|x| *x = ((*x as f64 - lse).exp()) as f32);
+                let target = row[t as usize] as f64;
+                let loss = (softmax_in_place(row) - target) as f32;
                 row[t as usize] -= 1.0;
                 loss
             })
@@ -118,14 +128,11 @@ fn weighted_w_grad(h: &Tensor, w: &Tensor, targets: &[u32], g: &[f32]) -> candle
     let mut acc: Option<Tensor> = None;
     for (c, tg) in targets.chunks(CHUNK).enumerate() {
         let hc = h.narrow(0, c * CHUNK, tg.len())?;
-        let logits = gemm(&hc, &w.t()?).map_err(candle_core::Error::wrap)?;
-        let v = logits.dim(1)?;
-        let mut p = logits.flatten_all()?.to_vec1::<f32>()?;
+        let v = w.dim(0)?;
+        let mut p = gemm_vec(&hc, &w.t()?).map_err(candle_core::Error::wrap)?;
         let gc = &g[c * CHUNK..c * CHUNK + tg.len()];
         p.par_chunks_mut(v).zip(tg.par_iter().zip(gc.par_iter())).for_each(|(row, (&t, &gi))| {
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = m as f64 + row.iter().map(|&x| ((x - m) as f64).exp()).sum::<f64>().ln();
-            row.iter_mut().for_each(|x| *x = ((*x as f64 - lse).exp()) as f32);
+            softmax_in_place(row);
             row[t as usize] -= 1.0;
             row.iter_mut().for_each(|x| *x *= gi);
         });

@@ -393,8 +393,9 @@ fn macro_tile<K: Kernel>(mc: usize, nc: usize, kc: usize, apack: &[K::P], bpack:
                 } else {
                     // C's part goes in first and the kernel adds to it as it would in place
                     // (AMX accumulates onto the loaded tile), so edge rows round exactly as
-                    // full-tile rows do: a row's result does not depend on m.
-                    for i in 0..mr {
+                    // full-tile rows do: a row's result does not depend on m. Without
+                    // accumulation the kernel writes the tile without reading it.
+                    for i in (0..mr).filter(|_| acc) {
                         let row = std::slice::from_raw_parts(dst.ptr.add(i * dst.ldc), nr);
                         scratch[i * K::NR..i * K::NR + nr].copy_from_slice(row);
                     }

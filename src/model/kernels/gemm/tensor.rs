@@ -2,7 +2,7 @@
 //! transposed view costs no copy) and a bf16 `b` as it is.
 use super::{run, MatRef, Precision};
 use crate::Result;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor};
 use half::bf16;
 
 /// `a (..., m, k) @ b (k, n) or (..., k, n)`: our GEMM on the CPU for an f32 `a` and an
@@ -36,6 +36,22 @@ fn enabled() -> bool {
 /// [`matmul_with`] in f32.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     matmul_with(a, b, Precision::F32)
+}
+
+/// [`matmul`] of two matrices, as the row-major data of the product: for callers that
+/// rework the product in place (the loss's softmax), without copying it out of a tensor.
+pub fn matmul_vec(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
+    let ours = enabled() && a.device().is_cpu() && b.device().is_cpu() && a.dtype() == DType::F32 && a.rank() == 2 && b.rank() == 2 && a.dim(1)? == b.dim(0)?;
+    if ours {
+        let ((sa, la), (sb, lb)) = (a.storage_and_layout(), b.storage_and_layout());
+        let op = MatMul { precision: Precision::F32 };
+        match (&*sa, &*sb) {
+            (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::F32(y))) => return Ok(op.gemm(x, la, y, lb)),
+            (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::BF16(y))) => return Ok(op.gemm::<bf16>(x, la, y, lb)),
+            _ => {}
+        }
+    }
+    Ok(matmul(a, b)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 struct MatMul {
