@@ -204,6 +204,15 @@ impl Linear {
         })
     }
 
+    /// Rows `r0..r1` of the weight as f32 values, row-major, without a dense copy of
+    /// the rest (a quantized weight dequantizes just those rows).
+    pub fn dense_rows(&self, r0: usize, r1: usize) -> Result<Vec<f32>> {
+        Ok(match &self.weight {
+            LinearWeight::Dense(w) => w.narrow(0, r0, r1 - r0)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            LinearWeight::Quant(q, _) => dequant::dequantize_rows(q, r0, r1)?,
+        })
+    }
+
     pub fn storage_bytes(&self) -> usize {
         match &self.weight {
             LinearWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),

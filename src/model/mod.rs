@@ -300,6 +300,11 @@ impl CausalLm {
         self.lm_head.dense_weight()
     }
 
+    /// The output projection as it is stored (quantized, bf16 or f32).
+    pub fn output_linear(&self) -> &Linear {
+        &self.lm_head
+    }
+
     /// Every block projection under its Hugging Face module name
     /// (`model.layers.3.self_attn.q_proj`) and its GGUF weight name (`blk.3.attn_q.weight`),
     /// for adapters to attach to.

@@ -68,21 +68,56 @@ impl CustomOp3 for LoraLinear {
         let wrap = candle_core::Error::wrap;
         let s = self.scale as f64;
         let xa = self.xa.lock().expect("lora xa").clone().ok_or_else(|| candle_core::Error::Msg("lora: backward before forward".into()))?;
-        let g = g.contiguous()?;
+        // The products below must not build a graph: one holding `g` would keep every
+        // projection's upstream gradient alive in A's and B's gradients until the step ends.
+        let want_x = x.track_op();
+        let (x, a, b, g) = (x.detach(), a.detach(), b.detach(), g.detach().contiguous()?);
         let gb = (matmul(&g.t()?, &xa).map_err(wrap)? * s)?;
-        let gxa = (matmul(&g, b).map_err(wrap)? * s)?; // (rows, r), scaled
-        let ga = matmul(&gxa.t()?, x).map_err(wrap)?;
-        let gx = if x.track_op() {
+        let gxa = (matmul(&g, &b).map_err(wrap)? * s)?; // (rows, r), scaled
+        let ga = matmul(&gxa.t()?, &x).map_err(wrap)?;
+        let gx = if want_x {
             let w = match &self.base.weight {
                 LinearWeight::Dense(w) => w.clone(),
                 LinearWeight::Quant(..) => self.base.dense_weight().map_err(wrap)?,
             };
             let p = crate::model::linear::precision(w.dtype());
             let base = gemm::tensor::matmul_with(&g, &w, p).map_err(wrap)?;
-            Some((base + matmul(&gxa, a).map_err(wrap)?)?)
+            Some((base + matmul(&gxa, &a).map_err(wrap)?)?)
         } else {
             None
         };
         Ok((gx, Some(ga), Some(gb)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn gradients_match_the_composed_ops_and_carry_no_graph() {
+        let dev = Device::Cpu;
+        let randn = |shape: (usize, usize)| Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let base = Linear::dense(randn((24, 40)), None);
+        let (a, b) = (Var::from_tensor(&randn((4, 40))).unwrap(), Var::from_tensor(&randn((24, 4))).unwrap());
+        let x = Var::from_tensor(&randn((13, 40))).unwrap();
+        let y = fused(&base, a.as_tensor(), b.as_tensor(), 0.5, x.as_tensor()).unwrap().expect("the fused op applies");
+        let w = match &base.weight {
+            LinearWeight::Dense(w) => w.clone(),
+            _ => unreachable!(),
+        };
+        let want = (x.as_tensor().matmul(&w.t().unwrap()).unwrap() + (x.as_tensor().matmul(&a.as_tensor().t().unwrap()).unwrap().matmul(&b.as_tensor().t().unwrap()).unwrap() * 0.5).unwrap()).unwrap();
+        let gy = randn((13, 24));
+        let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads_want = (&want * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [x.as_tensor(), a.as_tensor(), b.as_tensor()] {
+            let (g, gw) = (grads.get(v).unwrap(), grads_want.get(v).unwrap());
+            let diff = (g - gw).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "gradient differs by {diff}");
+            // A gradient holding a graph kept every projection's upstream gradient alive
+            // until the step ended (640 MB for SmolLM2 at 4 x 256 tokens).
+            assert!(!g.track_op(), "a gradient carries a graph");
+        }
     }
 }

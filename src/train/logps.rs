@@ -1,7 +1,7 @@
 //! Sequence-level quantities of one forward pass over rows that hold several sequences
 //! (padded one per row, or packed): each sequence's summed target log-probability
 //! (preference objectives), or the final hidden state at its last token (reward models).
-use super::loss::cross_entropy;
+use super::loss::token_nll;
 use crate::data::pack::Rows;
 pub use crate::model::reward::last_hidden;
 use crate::model::reward::owners;
@@ -53,8 +53,8 @@ pub fn sequence_logps(model: &CausalLm, rows: &Rows) -> Result<SeqLogps> {
     let d = h.dim(2)?;
     let idx = Tensor::from_vec(at, n, &model.device)?;
     let hs = h.reshape((b * t, d))?.index_select(&idx, 0)?;
-    let nll = cross_entropy(&hs, &model.output_weight()?, &targets)?; // (N,)
-                                                                      // Sum per sequence: a (S, N) indicator times the per-token losses.
+    let nll = token_nll(model, &hs, &targets)?; // (N,)
+                                                // Sum per sequence: a (S, N) indicator times the per-token losses.
     let mut ind = vec![0f32; s * n];
     for (j, &o) in owner.iter().enumerate() {
         ind[o * n + j] = 1.0;

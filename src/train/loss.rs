@@ -37,8 +37,25 @@ pub fn loss_sum(model: &CausalLm, rows: &Rows) -> Result<(Tensor, usize)> {
     let d = h.dim(2)?;
     let idx = Tensor::from_vec(at, n, &model.device)?;
     let h = h.reshape((b * t, d))?.index_select(&idx, 0)?;
-    let w = model.output_weight()?;
-    Ok((cross_entropy(&h, &w, &targets)?.sum_all()?, n))
+    Ok((token_nll(model, &h, &targets)?.sum_all()?, n))
+}
+
+/// Per-row `-log softmax(h W^T)[target]` against the model's output projection. A frozen
+/// weight stored other than as f32 (quantized, a tied embedding, bf16) goes by slices of
+/// the vocabulary ([`super::loss_sliced`]), so its f32 copy never exists whole (gemma3's
+/// 262,144 x 640 would be 671 MB); an f32 or trained one takes [`cross_entropy`].
+pub fn token_nll(model: &CausalLm, h: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    use crate::model::linear::LinearWeight;
+    let head = model.output_linear();
+    let sliced = h.device().is_cpu()
+        && match &head.weight {
+            LinearWeight::Dense(w) => !w.track_op() && w.dtype() != candle_core::DType::F32,
+            LinearWeight::Quant(..) => true,
+        };
+    if sliced {
+        return super::loss_sliced::cross_entropy(h, head, targets);
+    }
+    cross_entropy(h, &model.output_weight()?, targets)
 }
 
 /// A row of logits becomes its softmax in place; returns the row's log-sum-exp. One f32
@@ -114,13 +131,13 @@ pub fn cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> 
 /// The losses, and their gradients for an upstream gradient of 1 per row, computed in
 /// the forward pass while each chunk's logits exist: the backward pass only scales them
 /// (no second pass over the vocabulary).
-struct CrossEntropy {
-    losses: Vec<f32>,
-    gh: Option<Tensor>,
-    gw: Option<Tensor>,
+pub(super) struct CrossEntropy {
+    pub(super) losses: Vec<f32>,
+    pub(super) gh: Option<Tensor>,
+    pub(super) gw: Option<Tensor>,
     /// (h, w, targets), kept when `w` is trained: rows weighted unequally (sequence-level
     /// objectives such as DPO) need the softmax again for `w`'s gradient.
-    inputs: Option<(Tensor, Tensor, Vec<u32>)>,
+    pub(super) inputs: Option<(Tensor, Tensor, Vec<u32>)>,
 }
 
 /// `sum_i g_i (softmax_i - onehot_i)^T h_i`, the logits recomputed chunk by chunk.
@@ -179,7 +196,7 @@ impl CustomOp2 for CrossEntropy {
 }
 
 /// [`CrossEntropy`] with a frozen output weight: an op of `h` alone.
-struct OnlyH(CrossEntropy);
+pub(super) struct OnlyH(pub(super) CrossEntropy);
 
 impl candle_core::CustomOp1 for OnlyH {
     fn name(&self) -> &'static str {

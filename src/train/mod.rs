@@ -3,6 +3,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod logps;
 pub mod loss;
+pub mod loss_sliced;
 pub mod metrics;
 pub mod objective;
 pub mod optim;

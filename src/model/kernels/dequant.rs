@@ -35,6 +35,38 @@ pub fn dequantize(q: &QTensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(ys, q.shape(), &Device::Cpu)?)
 }
 
+/// Rows `r0..r1` of a 2-D `q (rows, cols)` as f32, row-major: a slice of the whole
+/// dequantization (bit-identical), without dequantizing the rest. GGUF rows are whole
+/// blocks, so a row range is a byte range. Block types without our expansion dequantize
+/// the whole tensor and copy the rows out.
+pub fn dequantize_rows(q: &QTensor, r0: usize, r1: usize) -> Result<Vec<f32>> {
+    let (rows, cols) = q.shape().dims2()?;
+    if r0 > r1 || r1 > rows {
+        return Err(candle_core::Error::Msg(format!("dequantize_rows: rows {r0}..{r1} of {rows}")).into());
+    }
+    let block = q.dtype().block_size();
+    if !q.device().is_cpu() || cols % block != 0 {
+        return Ok(dequantize(q)?.narrow(0, r0, r1 - r0)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    let w = q.data()?;
+    let row_bytes = cols / block * q.dtype().type_size();
+    let part = &w[r0 * row_bytes..r1 * row_bytes];
+    let n = (r1 - r0) * cols;
+    Ok(match q.dtype() {
+        GgmlDType::Q4_0 => run::<BlockQ4_0>(part, n),
+        GgmlDType::Q4_1 => run::<BlockQ4_1>(part, n),
+        GgmlDType::Q5_0 => run::<BlockQ5_0>(part, n),
+        GgmlDType::Q5_1 => run::<BlockQ5_1>(part, n),
+        GgmlDType::Q8_0 => run::<BlockQ8_0>(part, n),
+        GgmlDType::Q2K => run::<BlockQ2K>(part, n),
+        GgmlDType::Q3K => run::<BlockQ3K>(part, n),
+        GgmlDType::Q4K => run::<BlockQ4K>(part, n),
+        GgmlDType::Q5K => run::<BlockQ5K>(part, n),
+        GgmlDType::Q6K => run::<BlockQ6K>(part, n),
+        _ => dequantize(q)?.narrow(0, r0, r1 - r0)?.flatten_all()?.to_vec1::<f32>()?,
+    })
+}
+
 /// One task's work: raw blocks to their values.
 type Kernel = unsafe fn(&[u8], &mut [f32]);
 

@@ -120,8 +120,12 @@ impl CustomOp2 for MatMul {
     /// `da = g b^T`, `db = a^T g` (summed over the batch for a 2-D `b`).
     fn bwd(&self, a: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let wrap = candle_core::Error::wrap;
-        let da = if a.track_op() { Some(matmul_with(g, &b.t()?, self.precision).map_err(wrap)?) } else { None };
-        let db = if b.track_op() {
+        // Detached operands: a gradient must not carry a graph (one holding `g` would keep
+        // the upstream gradient alive in a weight's gradient until the step ends).
+        let (want_a, want_b) = (a.track_op(), b.track_op());
+        let (a, b, g) = (&a.detach(), &b.detach(), &g.detach());
+        let da = if want_a { Some(matmul_with(g, &b.t()?, self.precision).map_err(wrap)?) } else { None };
+        let db = if want_b {
             let d = if b.rank() == 2 && a.rank() > 2 {
                 let k = a.dim(a.rank() - 1)?;
                 let (a2, g2) = (a.reshape(((), k))?, g.reshape(((), g.dim(g.rank() - 1)?))?);
@@ -160,6 +164,9 @@ mod tests {
         let grads_want = (&want * &gy).unwrap().sum_all().unwrap().backward().unwrap();
         for v in [a.as_tensor(), w.as_tensor()] {
             assert!(max_diff(grads.get(v).unwrap(), grads_want.get(v).unwrap()) < 1e-4);
+            // A gradient is plain data: one carrying a graph would keep the upstream
+            // gradient (and everything it was computed from) alive until the step ends.
+            assert!(!grads.get(v).unwrap().track_op(), "a gradient carries a graph");
         }
     }
 
