@@ -15,6 +15,7 @@ pub mod peft;
 pub mod plot;
 pub mod progress;
 pub mod serve;
+pub mod synth;
 pub mod tokenizer;
 pub mod train;
 pub use tokenizer::Tokenizer;

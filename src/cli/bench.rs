@@ -26,6 +26,8 @@ pub enum BenchCmd {
     Steer(super::bench_steer::SteerBench),
     /// Our f32 / bf16 GEMM against candle's and torch.matmul at the models' shapes.
     Gemm(super::bench_gemm::GemmBench),
+    /// Magpie synthesis generated tokens/s at several batch sizes against llama.cpp one sequence at a time.
+    Synth(super::bench_synth::SynthBench),
 }
 
 #[derive(Args)]
@@ -64,6 +66,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
         BenchCmd::Steer(s) => return super::bench_steer::run(s),
         BenchCmd::Merge(m) => return super::bench_merge::run(m),
         BenchCmd::Gemm(g) => return super::bench_gemm::run(g),
+        BenchCmd::Synth(s) => return super::bench_synth::run(s),
     };
     if let Some(point) = &a.worker {
         return super::bench_gen_sweep::worker(&a, point);

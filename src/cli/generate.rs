@@ -43,6 +43,7 @@ impl SamplingArgs {
             ignore_eos: false,
             min_new_tokens: self.min_new_tokens,
             steer: None,
+            streams: vec![],
         }
     }
 }

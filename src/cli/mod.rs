@@ -8,6 +8,7 @@ mod bench_gen_sweep;
 mod bench_merge;
 mod bench_serve;
 mod bench_steer;
+mod bench_synth;
 mod bench_train;
 mod chat;
 mod data;
@@ -21,6 +22,7 @@ mod pairs;
 mod reward;
 mod serve;
 mod steer;
+mod synth;
 mod train;
 
 use anyhow::Result;
@@ -78,6 +80,8 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// Score existing predictions with one metric.
     Score(eval::ScoreArgs),
+    /// Synthesize instruction data with a model: magpie, self-instruct, halves.
+    Synth(synth::SynthArgs),
     /// Measure speed against the peers (llama.cpp, PyTorch) in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -149,6 +153,7 @@ pub fn run() -> Result<()> {
         Cmd::Bench(b) => bench::run(b),
         Cmd::Eval(e) => eval::run(e),
         Cmd::Score(a) => eval::score(a),
+        Cmd::Synth(a) => synth::run(a),
         Cmd::Reward(c) => reward::run(c),
         Cmd::Pairs(a) => pairs::run(a),
         Cmd::Serve(a) => serve::run(a),

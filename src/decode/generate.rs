@@ -20,11 +20,14 @@ pub struct GenerateOptions {
     /// Decoding-time tuning: companion models that steer every step (proxy-tuning, EFT,
     /// contrastive decoding).
     pub steer: Option<Arc<Steer>>,
+    /// Each prompt's random stream for sampling (empty, or for prompts past its end: the
+    /// prompt's index in the call).
+    pub streams: Vec<u64>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 256, sampling: SamplingParams::default(), stop_strings: vec![], ignore_eos: false, min_new_tokens: 0, steer: None }
+        GenerateOptions { max_new_tokens: 256, sampling: SamplingParams::default(), stop_strings: vec![], ignore_eos: false, min_new_tokens: 0, steer: None, streams: vec![] }
     }
 }
 
@@ -64,8 +67,11 @@ fn generate_here(model: &CausalLm, tok: &Tokenizer, prompts: &[Vec<u32>], opts: 
     if let Some(p) = prompts.iter().find(|p| p.len() >= ctx) {
         return Err(Error::Input(format!("prompt of {} tokens does not fit the model's context of {ctx} tokens: shorten it", p.len())));
     }
-    let mut rows: Vec<Row> =
-        prompts.iter().enumerate().map(|(i, p)| Row { prompt: p.clone(), sampler: Sampler::new(opts.sampling.clone(), i as u64), tokens: vec![], text: String::new(), finish: None }).collect();
+    let mut rows: Vec<Row> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Row { prompt: p.clone(), sampler: Sampler::new(opts.sampling.clone(), opts.streams.get(i).copied().unwrap_or(i as u64)), tokens: vec![], text: String::new(), finish: None })
+        .collect();
     if rows.is_empty() || opts.max_new_tokens == 0 {
         return Ok(finish_all(rows, FinishReason::Length));
     }

@@ -1,6 +1,7 @@
 //! Decoding: sampling rules, the logits seam and (batched, streaming) generation with a KV cache.
 pub mod best_of;
 pub mod generate;
+pub mod jobs;
 pub mod processor;
 pub mod sampler;
 pub mod steer;

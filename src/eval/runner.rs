@@ -5,12 +5,12 @@
 use super::report::{self, Report};
 use super::suites::Suite;
 use super::{Item, Scored};
-use crate::decode::{generate, GenerateOptions};
+use crate::decode::jobs::{read_records, Job, Record, Runner};
+use crate::decode::GenerateOptions;
 use crate::model::CausalLm;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use std::collections::HashSet;
-use std::io::Write;
+use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Debug, Clone)]
@@ -42,42 +42,25 @@ pub fn run(model: &CausalLm, tok: &Tokenizer, suite: &dyn Suite, out: &Path, opt
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e.to_string()))?;
     check_settings(out, &opts.settings)?;
     let items = suite.items()?;
-    let mut seen = HashSet::new();
-    if let Some(dup) = items.iter().find(|i| !seen.insert(i.id.as_str())) {
-        return Err(Error::Input(format!("example id {:?} appears twice in the suite", dup.id)));
-    }
     let preds = out.join("predictions.jsonl");
-    let mut done = read_scored(&preds)?;
-    let have: HashSet<String> = done.iter().map(|s| s.id.clone()).collect();
-    let todo: Vec<&Item> = items.iter().filter(|i| !have.contains(&i.id)).collect();
+    let jobs: Vec<Job> = items.iter().enumerate().map(|(i, it)| Ok(Job { id: it.id.clone(), prompt: encode(tok, &it.prompt, opts.template.as_deref())?, stream: i as u64 })).collect::<Result<_>>()?;
+    let by_id: HashMap<&str, &Item> = items.iter().map(|i| (i.id.as_str(), i)).collect();
+    let before = read_scored(&preds)?.iter().filter(|s| by_id.contains_key(s.id.as_str())).count();
     let gen = GenerateOptions { max_new_tokens: opts.max_new_tokens.unwrap_or(suite.max_new_tokens()), stop_strings: suite.stop_strings(), steer: opts.steer.clone(), ..Default::default() };
-    let mut encoded: Vec<(&Item, Vec<u32>)> = todo.iter().map(|i| Ok((*i, encode(tok, &i.prompt, opts.template.as_deref())?))).collect::<Result<_>>()?;
-    // Similar lengths share a batch (less left padding); longest first, so the memory
-    // peak shows at once.
-    encoded.sort_by_key(|(_, ids)| std::cmp::Reverse(ids.len()));
-    let bar = progress(items.len(), done.len(), opts.progress);
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&preds).map_err(|e| Error::file(&preds, e.to_string()))?;
-    for batch in encoded.chunks(opts.batch_size.max(1)) {
-        let prompts: Vec<Vec<u32>> = batch.iter().map(|(_, ids)| ids.clone()).collect();
-        let gens = generate(model, tok, &prompts, &gen, &mut |_, _| {})?;
-        let mut lines = String::new();
-        for ((item, _), g) in batch.iter().zip(gens) {
-            let s = suite.score(item, g.text.trim(), g.prompt_tokens, g.tokens.len());
-            lines.push_str(&serde_json::to_string(&s).expect("serializable"));
-            lines.push('\n');
-            done.push(s);
-        }
-        // One write per batch: a kill leaves at most one partial line, dropped on resume.
-        file.write_all(lines.as_bytes()).and_then(|_| file.flush()).map_err(|e| Error::file(&preds, e.to_string()))?;
-        bar.inc(batch.len() as u64);
-    }
-    bar.finish_and_clear();
-    let order: std::collections::HashMap<&str, usize> = items.iter().enumerate().map(|(i, it)| (it.id.as_str(), i)).collect();
-    done.retain(|s| order.contains_key(s.id.as_str()));
+    let runner = Runner { model, tok, gen, batch_size: opts.batch_size, label: opts.progress.then(|| "eval".to_string()) };
+    let mut done = runner.run(&jobs, &preds, |job, g| Ok(Some(suite.score(by_id[job.id.as_str()], g.text.trim(), g.prompt_tokens, g.tokens.len()))))?;
+    let order: HashMap<&str, usize> = items.iter().enumerate().map(|(i, it)| (it.id.as_str(), i)).collect();
     done.sort_by_key(|s| order[s.id.as_str()]);
-    let report = Report::new(suite.name(), opts.settings.clone(), &done, start.elapsed().as_secs_f64(), todo.len());
+    let fresh = done.len().saturating_sub(before);
+    let report = Report::new(suite.name(), opts.settings.clone(), &done, start.elapsed().as_secs_f64(), fresh);
     report::write(out, &report)?;
     Ok(report)
+}
+
+impl Record for Scored {
+    fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 /// The settings of an earlier, interrupted run in `out` must be these.
@@ -93,27 +76,7 @@ fn check_settings(out: &Path, settings: &serde_json::Value) -> Result<()> {
     super::write_json(&path, settings)
 }
 
-/// Scored lines already written. A last line cut short by a kill is dropped (and the
-/// file rewritten without it); a bad line elsewhere is an error.
+/// Scored lines already written (see [`read_records`]).
 pub fn read_scored(path: &Path) -> Result<Vec<Scored>> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(vec![]) };
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = vec![];
-    for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<Scored>(line) {
-            Ok(s) => out.push(s),
-            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
-                let kept: String = lines[..i].iter().map(|l| format!("{l}\n")).collect();
-                super::write_text(path, &kept)?;
-            }
-            Err(e) => return Err(Error::file(path, format!("line {}: {e}", i + 1))),
-        }
-    }
-    Ok(out)
-}
-
-fn progress(total: usize, done: usize, show: bool) -> crate::progress::Progress {
-    let bar = crate::progress::Progress::new("eval", "example", total as u64, "{bar:30} {pos}/{len} examples  {per_sec}  ETA {eta}", show);
-    bar.start_at(done as u64);
-    bar
+    read_records(path)
 }

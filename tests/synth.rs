@@ -1,0 +1,110 @@
+//! Synthesis end to end on SmolLM2 (small counts): Magpie, Self-Instruct and
+//! non-instructional halves write records that `data check` reads, with provenance and a
+//! curation report; a rerun resumes from the stage files without regenerating; other
+//! settings in the same place are refused.
+mod common;
+
+use instill::synth::{self, Context, Example};
+use std::path::Path;
+
+fn shared(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+}
+
+fn read(path: &Path) -> Vec<Example> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Every record parses as instruction data (the reader `data check` and recipes use).
+fn checks(path: &Path) {
+    let loaded = instill::data::read::load(path, &Default::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+    assert_eq!((loaded.format, loaded.records.len()), ("alpaca", read(path).len()));
+}
+
+#[test]
+fn magpie_self_instruct_and_halves_on_smollm2() {
+    let (model, tok) = common::load("smollm2-135m-instruct", false);
+    let dir = common::tmpdir("synth");
+    let cx = |n: usize, input: Option<std::path::PathBuf>, max: usize| Context {
+        model: &model,
+        tok: &tok,
+        model_name: "smollm2-135m-instruct".into(),
+        n,
+        seed: 7,
+        batch_size: 8,
+        template: None,
+        max_new_tokens: max,
+        input,
+        progress: false,
+    };
+    // Magpie: the pre-query template is the user turn's opening.
+    let (prefix, end) = synth::magpie::pre_query(&tok, None).unwrap();
+    assert!(prefix.ends_with("<|im_start|>user\n"), "{prefix:?}");
+    assert_eq!(end, "<|im_end|>");
+    let out = dir.join("magpie.jsonl");
+    let r = synth::synthesize(synth::method("magpie").unwrap(), &cx(8, None, 256), &out).unwrap();
+    let got = read(&out);
+    assert_eq!(got.len(), r.kept);
+    assert_eq!(r.kept + r.dropped.values().sum::<usize>(), 8, "every candidate is kept or counted: {r:?}");
+    // What is kept depends on what was sampled (a 135M model's greedy answers often run
+    // to the token limit); the mechanics do not.
+    let mut kept = got.len();
+    for e in &got {
+        assert_eq!(e.provenance.method, "magpie");
+        assert!(!e.instruction.contains("<|im_end|>") && !e.instruction.is_empty() && !e.output.is_empty());
+    }
+    if !got.is_empty() {
+        checks(&out);
+    }
+    // A rerun regenerates nothing (the stage files hold every generation) and writes the same.
+    let stage = std::fs::read_to_string(dir.join("magpie.jsonl.work/instructions.jsonl")).unwrap();
+    let t = std::time::Instant::now();
+    synth::synthesize(synth::method("magpie").unwrap(), &cx(8, None, 256), &out).unwrap();
+    assert!(t.elapsed().as_secs_f64() < 2.0);
+    assert_eq!(read(&out), got);
+    assert_eq!(std::fs::read_to_string(dir.join("magpie.jsonl.work/instructions.jsonl")).unwrap(), stage);
+    // Other settings into the same place are refused.
+    let err = synth::synthesize(synth::method("magpie").unwrap(), &Context { seed: 8, ..cx(8, None, 256) }, &out).unwrap_err().to_string();
+    assert!(err.contains("other settings"), "{err}");
+
+    // Self-Instruct from the paper's seed tasks.
+    let out = dir.join("si.jsonl");
+    let r = synth::synthesize(synth::method("self-instruct").unwrap(), &cx(6, Some(shared("eval/seed_tasks.jsonl")), 160), &out).unwrap();
+    let got = read(&out);
+    assert_eq!(got.len(), r.kept);
+    kept += got.len();
+    let seeds = synth::self_instruct::read_seed_tasks(&shared("eval/seed_tasks.jsonl")).unwrap();
+    let mut pool = synth::rouge_filter::Pool::default();
+    seeds.iter().for_each(|s| pool.add(&s.instruction));
+    let mut novel = std::collections::BTreeSet::new();
+    for e in &got {
+        assert!(e.provenance.prompt_id.starts_with("request-"), "{:?}", e.provenance);
+        novel.insert(e.instruction.clone());
+    }
+    assert!(novel.len() <= 6);
+    for inst in &novel {
+        assert!(pool.admit(inst, 0.7), "{inst:?} is too close to a seed task or another instruction");
+    }
+    if !got.is_empty() {
+        checks(&out);
+    }
+
+    // Halves: the first half of each text is the instruction.
+    let text = dir.join("docs.txt");
+    let doc = "The river rose all night and by morning the low fields were under water, so the farmers moved their animals to the church on the hill and waited for the rain to stop.";
+    std::fs::write(&text, format!("{doc}\n\nToo short.\n")).unwrap();
+    let out = dir.join("halves.jsonl");
+    let r = synth::synthesize(synth::method("halves").unwrap(), &cx(5, Some(text), 200), &out).unwrap();
+    assert_eq!(r.dropped.get("document under 16 words"), Some(&1), "{r:?}");
+    for e in read(&out) {
+        assert!(doc.starts_with(&e.instruction) && e.instruction.len() < doc.len());
+        kept += 1;
+    }
+    assert!(kept > 0, "no method kept anything");
+    // A method needs its input.
+    let err = synth::synthesize(synth::method("halves").unwrap(), &cx(5, None, 200), &dir.join("none.jsonl")).unwrap_err().to_string();
+    assert!(err.contains("--input"), "{err}");
+    let err = synth::method("nope").err().expect("an unknown method is an error").to_string();
+    assert!(err.contains("magpie, self-instruct, halves"), "{err}");
+}
