@@ -10,7 +10,7 @@ fn main() {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, dt).unwrap();
         let bytes = q.data().unwrap().to_vec();
-        for m in [1usize, 4, 64] {
+        for m in [1usize, 4, 16, 64] {
             let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
             for wide in [false, true] {
                 let reps = 2000 / m.max(1) + 5;

@@ -1,7 +1,8 @@
 //! Synthesis end to end on SmolLM2 (small counts): Magpie, Self-Instruct and
 //! non-instructional halves write records that `data check` reads, with provenance and a
 //! curation report; a rerun resumes from the stage files without regenerating; other
-//! settings in the same place are refused.
+//! settings in the same place are refused. The judge counts every verdict, judges both
+//! orders and resumes.
 mod common;
 
 use instill::synth::{self, Context, Example};
@@ -107,4 +108,37 @@ fn magpie_self_instruct_and_halves_on_smollm2() {
     assert!(err.contains("--input"), "{err}");
     let err = synth::method("nope").err().expect("an unknown method is an error").to_string();
     assert!(err.contains("magpie, self-instruct, halves"), "{err}");
+}
+
+#[test]
+fn judge_counts_every_verdict_swaps_orders_and_resumes_on_smollm2() {
+    use instill::eval::judge::{self, JudgeOptions};
+    use std::collections::HashMap;
+    let (model, tok) = common::load("smollm2-135m-instruct", false);
+    let dir = common::tmpdir("judge");
+    let qs = judge::read_questions(&shared("eval/user_oriented_instructions.jsonl")).unwrap()[..2].to_vec();
+    let answers: HashMap<String, String> = qs.iter().map(|q| (q.id.clone(), "I do not know.".to_string())).collect();
+    let reference: HashMap<String, String> = qs.iter().map(|q| (q.id.clone(), q.reference.clone().unwrap())).collect();
+    let opts = JudgeOptions { template: None, batch_size: 4, max_new_tokens: 48, progress: false };
+    let out = dir.join("pair");
+    let js = judge::pairwise(&model, &tok, &qs, &answers, &reference, &out, &opts).unwrap();
+    let s = judge::summarize(&js);
+    assert_eq!((s.judged, s.outcomes.values().sum::<usize>()), (2, 2), "{s:?}");
+    assert_eq!(s.unparsed, s.outcomes.get("unparsed").copied().unwrap_or(0));
+    judge::write_report(&out, &js, &s).unwrap();
+    let lines = std::fs::read_to_string(out.join("judgments.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 4, "each question is judged in both orders");
+    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("Win rate") || s.win_rate.is_none());
+    // A rerun regenerates nothing and gives the same outcomes.
+    let t = std::time::Instant::now();
+    let again = judge::pairwise(&model, &tok, &qs, &answers, &reference, &out, &opts).unwrap();
+    assert!(t.elapsed().as_secs_f64() < 2.0);
+    assert_eq!(again.iter().map(|j| j.outcome).collect::<Vec<_>>(), js.iter().map(|j| j.outcome).collect::<Vec<_>>());
+    assert_eq!(std::fs::read_to_string(out.join("judgments.jsonl")).unwrap(), lines);
+    // Single grading: a rating or an unparsed judgment for each.
+    let js = judge::single(&model, &tok, &qs, &reference, true, &dir.join("single"), &opts).unwrap();
+    assert!(js.iter().all(|j| j.rating.is_some() != j.unparsed.is_some()));
+    // A question without an answer is an error naming it.
+    let err = judge::single(&model, &tok, &qs, &HashMap::new(), false, &dir.join("none"), &opts).unwrap_err().to_string();
+    assert!(err.contains(&qs[0].id), "{err}");
 }

@@ -26,6 +26,8 @@ pub enum EvalCmd {
     /// Held-out preference pairs: how often the model gives the chosen response the
     /// higher log-prob (summed and per token), and the margins.
     Pairs(PairsArgs),
+    /// A model judges answers (MT-bench's prompts): single 1-10 ratings, or pairwise in both orders.
+    Judge(super::judge::JudgeArgs),
 }
 
 #[derive(Args)]
@@ -284,6 +286,7 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
         }
         EvalCmd::Paraphrase(a) => paraphrase(a),
         EvalCmd::Pairs(a) => pairs(a),
+        EvalCmd::Judge(a) => super::judge::run(a),
     }
 }
 

@@ -17,6 +17,7 @@ mod export;
 mod fetch;
 mod generate;
 mod inspect;
+mod judge;
 mod merge;
 mod pairs;
 mod reward;

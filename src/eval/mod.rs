@@ -5,6 +5,7 @@
 //! A report directory holds `predictions.jsonl` (one scored line per example, appended
 //! as batches finish, so an interrupted run resumes), `scores.json` and `report.md`.
 pub mod compare;
+pub mod judge;
 pub mod metrics;
 pub mod pairs;
 pub mod report;

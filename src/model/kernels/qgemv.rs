@@ -550,19 +550,24 @@ pub(super) mod x86 {
     }
 
     /// One weight row against every activation row: `out[r] = W_row . x_r`.
-    /// Weights are expanded once per pair of blocks and reused across rows in groups of 4.
+    /// Weights are expanded once per pair of blocks and reused across rows in groups of 8.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,fma,f16c")]
     pub unsafe fn rows_avx512(format: Format, w: &[u8], rows: &[QuantRow], out: &mut [f32]) {
         let mut r0 = 0;
         while r0 < rows.len() {
-            let g = &rows[r0..(r0 + 4).min(rows.len())];
+            let g = &rows[r0..(r0 + 8).min(rows.len())];
+            let o = &mut out[r0..r0 + g.len()];
             match g.len() {
-                4 => group::<4>(format, w, g, &mut out[r0..r0 + 4]),
-                3 => group::<3>(format, w, g, &mut out[r0..r0 + 3]),
-                2 => group::<2>(format, w, g, &mut out[r0..r0 + 2]),
-                _ => group::<1>(format, w, g, &mut out[r0..r0 + 1]),
+                8 => group::<8>(format, w, g, o),
+                7 => group::<7>(format, w, g, o),
+                6 => group::<6>(format, w, g, o),
+                5 => group::<5>(format, w, g, o),
+                4 => group::<4>(format, w, g, o),
+                3 => group::<3>(format, w, g, o),
+                2 => group::<2>(format, w, g, o),
+                _ => group::<1>(format, w, g, o),
             }
-            r0 += 4;
+            r0 += g.len();
         }
     }
 
