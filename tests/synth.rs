@@ -37,6 +37,7 @@ fn magpie_self_instruct_and_halves_on_smollm2() {
         template: None,
         max_new_tokens: max,
         input,
+        rounds: 1,
         progress: false,
     };
     // Magpie: the pre-query template is the user turn's opening.
@@ -102,12 +103,40 @@ fn magpie_self_instruct_and_halves_on_smollm2() {
         assert!(doc.starts_with(&e.instruction) && e.instruction.len() < doc.len());
         kept += 1;
     }
-    assert!(kept > 0, "no method kept anything");
     // A method needs its input.
     let err = synth::synthesize(synth::method("halves").unwrap(), &cx(5, None, 200), &dir.join("none.jsonl")).unwrap_err().to_string();
     assert!(err.contains("--input"), "{err}");
     let err = synth::method("nope").err().expect("an unknown method is an error").to_string();
-    assert!(err.contains("magpie, self-instruct, halves"), "{err}");
+    assert!(err.contains("magpie, self-instruct, evol, halves, refusal"), "{err}");
+
+    // R-Tuning: every question is kept, split by whether the model knows the answer.
+    let qa = dir.join("qa.jsonl");
+    std::fs::write(
+        &qa,
+        "{\"question\": \"What is the capital of France?\", \"answer\": [\"Paris\"]}\n{\"question\": \"What was the name of the dog of the third mayor of Tbilisi?\", \"answer\": \"Qwerty Zxcv\"}\n",
+    )
+    .unwrap();
+    let out = dir.join("rtuning.jsonl");
+    let r = synth::synthesize(synth::method("refusal").unwrap(), &cx(2, Some(qa), 48), &out).unwrap();
+    assert_eq!((r.kept, r.counts.values().sum::<usize>()), (2, 2), "{r:?}");
+    let got = read(&out);
+    assert!(got[1].output.starts_with("Qwerty Zxcv\n\nAre you sure") && got[1].output.ends_with("I am unsure."), "{:?}", got[1]);
+    assert!(got[0].output.starts_with("Paris"));
+    kept += got.len();
+
+    // Evol-Instruct: two rounds over two Alpaca instructions.
+    let data = dir.join("alpaca.jsonl");
+    std::fs::write(&data, "{\"instruction\": \"Name three fruits.\", \"input\": \"\", \"output\": \"Apple, pear, plum.\"}\n{\"instruction\": \"Explain what rain is.\", \"input\": \"\", \"output\": \"Water falling from clouds.\"}\n").unwrap();
+    let out = dir.join("evol.jsonl");
+    let r = synth::synthesize(synth::method("evol").unwrap(), &Context { rounds: 2, ..cx(2, Some(data.clone()), 160) }, &out).unwrap();
+    assert_eq!(r.kept + r.dropped.values().sum::<usize>(), 4, "two instructions, two rounds: {r:?}");
+    for e in read(&out) {
+        assert!(e.provenance.prompt_id.starts_with("round"), "{:?}", e.provenance);
+        kept += 1;
+    }
+    let err = synth::synthesize(synth::method("magpie").unwrap(), &Context { rounds: 2, ..cx(2, None, 160) }, &dir.join("m2.jsonl")).unwrap_err().to_string();
+    assert!(err.contains("rounds are for evol"), "{err}");
+    assert!(kept > 0, "no method kept anything");
 }
 
 #[test]

@@ -81,7 +81,7 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// Score existing predictions with one metric.
     Score(eval::ScoreArgs),
-    /// Synthesize instruction data with a model: magpie, self-instruct, halves.
+    /// Synthesize instruction data with a model: magpie, self-instruct, evol, halves, refusal (R-Tuning).
     Synth(synth::SynthArgs),
     /// Measure speed against the peers (llama.cpp, PyTorch) in the same run.
     #[command(subcommand)]

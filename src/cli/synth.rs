@@ -1,5 +1,6 @@
 //! `instill synth METHOD -m MODEL --n N --out FILE [--input FILE]`: synthesize
-//! instruction data (Magpie, Self-Instruct, non-instructional halves); prints the
+//! instruction data (Magpie, Self-Instruct, Evol-Instruct, non-instructional halves,
+//! R-Tuning); prints the
 //! curation counts. Resumable: a rerun with the same settings continues.
 use super::ModelArgs;
 use anyhow::Result;
@@ -8,16 +9,19 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// magpie | self-instruct | halves.
+    /// magpie | self-instruct | evol | halves | refusal.
     method: String,
     #[command(flatten)]
     model: ModelArgs,
     /// How many examples (Magpie, halves) or new instructions (Self-Instruct) to aim for.
     #[arg(long, default_value_t = 100)]
     n: usize,
-    /// The method's input: seed tasks JSONL (self-instruct), text (halves).
+    /// The method's input: seed tasks JSONL (self-instruct), instruction data (evol), text (halves), QA data (refusal).
     #[arg(long)]
     input: Option<PathBuf>,
+    /// Evolution rounds (evol only).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Output JSONL (Alpaca layout with provenance); `.report.json` and `.work/` beside it.
     #[arg(long)]
     out: PathBuf,
@@ -51,10 +55,14 @@ pub fn run(a: SynthArgs) -> Result<()> {
         template: a.template.clone(),
         max_new_tokens: a.max_new_tokens,
         input: a.input.clone(),
+        rounds: a.rounds,
         progress: !a.quiet,
     };
     let r = instill::synth::synthesize(method, &cx, &a.out)?;
     println!("{}: kept {} examples in {:.0} s -> {}", r.method, r.kept, r.seconds, a.out.display());
+    for (kind, n) in &r.counts {
+        println!("  kept    {n:>5}  {kind}");
+    }
     for (filter, n) in &r.dropped {
         println!("  dropped {n:>5}  {filter}");
     }

@@ -4,8 +4,10 @@
 //! directory beside the output, so a killed run resumes where it stopped. The output is
 //! JSONL in Alpaca's layout (`instruction`, `input`, `output`) with each record's
 //! provenance, readable by `instill data check` and every recipe.
+pub mod evol;
 pub mod halves;
 pub mod magpie;
+pub mod refusal;
 pub mod rouge_filter;
 pub mod self_instruct;
 
@@ -51,8 +53,11 @@ pub struct Context<'a> {
     pub template: Option<String>,
     /// Tokens for each response (instructions have the method's own limit).
     pub max_new_tokens: usize,
-    /// The method's input file: seed tasks (self-instruct), text (halves).
+    /// The method's input file: seed tasks (self-instruct), text (halves), instruction
+    /// data (evol).
     pub input: Option<PathBuf>,
+    /// Evolution rounds (evol; 1 for every other method).
+    pub rounds: usize,
     pub progress: bool,
 }
 
@@ -79,6 +84,8 @@ pub struct Outcome {
     pub dropped: BTreeMap<String, usize>,
     /// Up to three dropped candidates per filter, to show in the report.
     pub dropped_examples: BTreeMap<String, Vec<String>>,
+    /// Kept examples by kind, where a method sorts them (R-Tuning: certain / uncertain).
+    pub counts: BTreeMap<String, usize>,
 }
 
 impl Outcome {
@@ -100,7 +107,7 @@ pub trait Method: Sync {
     fn run(&self, cx: &Context, work: &Path) -> Result<Outcome>;
 }
 
-pub static METHODS: &[&dyn Method] = &[&magpie::Magpie, &self_instruct::SelfInstruct, &halves::Halves];
+pub static METHODS: &[&dyn Method] = &[&magpie::Magpie, &self_instruct::SelfInstruct, &evol::Evol, &halves::Halves, &refusal::Refusal];
 
 pub fn method(name: &str) -> Result<&'static dyn Method> {
     METHODS.iter().copied().find(|m| m.name() == name).ok_or_else(|| {
@@ -119,6 +126,7 @@ pub struct Report {
     pub kept: usize,
     pub dropped: BTreeMap<String, usize>,
     pub dropped_examples: BTreeMap<String, Vec<String>>,
+    pub counts: BTreeMap<String, usize>,
     pub seconds: f64,
 }
 
@@ -126,6 +134,9 @@ pub struct Report {
 /// report to `out` with `.report.json`; stage files go to `out` with `.work/`.
 pub fn synthesize(method: &dyn Method, cx: &Context, out: &Path) -> Result<Report> {
     let start = std::time::Instant::now();
+    if cx.rounds != 1 && method.name() != "evol" {
+        return Err(Error::Input(format!("rounds are for evol; {} runs once", method.name())));
+    }
     let work = with_suffix(out, ".work");
     std::fs::create_dir_all(&work).map_err(|e| Error::file(&work, e.to_string()))?;
     check_settings(cx, method, &work)?;
@@ -140,6 +151,7 @@ pub fn synthesize(method: &dyn Method, cx: &Context, out: &Path) -> Result<Repor
         kept: outcome.examples.len(),
         dropped: outcome.dropped,
         dropped_examples: outcome.dropped_examples,
+        counts: outcome.counts,
         seconds: start.elapsed().as_secs_f64(),
     };
     crate::peft::write_atomic(&with_suffix(out, ".report.json"), serde_json::to_string_pretty(&report).expect("serializable").as_bytes())?;
@@ -157,7 +169,7 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 fn check_settings(cx: &Context, method: &dyn Method, work: &Path) -> Result<()> {
     let settings = serde_json::json!({
         "method": method.name(), "model": cx.model_name, "seed": cx.seed, "template": cx.template,
-        "max_new_tokens": cx.max_new_tokens, "input": cx.input,
+        "max_new_tokens": cx.max_new_tokens, "input": cx.input, "rounds": cx.rounds,
     });
     let path = work.join("settings.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
