@@ -38,6 +38,7 @@ fn magpie_self_instruct_and_halves_on_smollm2() {
         max_new_tokens: max,
         input,
         rounds: 1,
+        curation: Default::default(),
         progress: false,
     };
     // Magpie: the pre-query template is the user turn's opening.

@@ -33,7 +33,20 @@ fn magpie(model: &CausalLm, tok: &Tokenizer, a: &SynthBench, batch: usize) -> Re
     let dir = std::env::temp_dir().join(format!("instill-bench-synth-{}-{batch}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let cx = Context { model, tok, model_name: a.model.clone(), n: a.n, seed: 0, batch_size: batch, template: None, max_new_tokens: a.max_new_tokens, input: None, rounds: 1, progress: false };
+    let cx = Context {
+        model,
+        tok,
+        model_name: a.model.clone(),
+        n: a.n,
+        seed: 0,
+        batch_size: batch,
+        template: None,
+        max_new_tokens: a.max_new_tokens,
+        input: None,
+        rounds: 1,
+        curation: Default::default(),
+        progress: false,
+    };
     let out = dir.join("magpie.jsonl");
     let t = std::time::Instant::now();
     synth::synthesize(synth::method("magpie")?, &cx, &out)?;

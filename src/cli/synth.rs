@@ -22,6 +22,16 @@ pub struct SynthArgs {
     /// Evolution rounds (evol only).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Also drop MinHash near-duplicates at this Jaccard similarity (0-1]; exact
+    /// duplicates are always dropped.
+    #[arg(long)]
+    near_dup: Option<f64>,
+    /// Drop examples sharing a word n-gram with this evaluation set (repeatable).
+    #[arg(long)]
+    decontaminate: Vec<PathBuf>,
+    /// The n of --decontaminate's n-grams.
+    #[arg(long, default_value_t = 13)]
+    ngram: usize,
     /// Output JSONL (Alpaca layout with provenance); `.report.json` and `.work/` beside it.
     #[arg(long)]
     out: PathBuf,
@@ -44,6 +54,9 @@ pub struct SynthArgs {
 
 pub fn run(a: SynthArgs) -> Result<()> {
     let method = instill::synth::method(&a.method)?;
+    if let Some(t) = a.near_dup.filter(|t| !(*t > 0.0 && *t <= 1.0)) {
+        anyhow::bail!("--near-dup {t}: expected a similarity in (0, 1]");
+    }
     let (model, tok) = a.model.load()?;
     let cx = instill::synth::Context {
         model: &model,
@@ -56,6 +69,7 @@ pub fn run(a: SynthArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         input: a.input.clone(),
         rounds: a.rounds,
+        curation: instill::synth::curate::Curation { near_dup: a.near_dup, decontaminate: a.decontaminate.clone(), ngram: a.ngram },
         progress: !a.quiet,
     };
     let r = instill::synth::synthesize(method, &cx, &a.out)?;

@@ -137,6 +137,13 @@ pub fn contamination(train: &[Record], eval: &[Record], n: usize) -> Contaminati
     Contamination { n, train_records: train.len(), eval_records: eval.len(), contaminated, eval_touched }
 }
 
+/// Which of `texts` share a word n-gram with any record of `eval` (decontaminating
+/// generated data; a text shorter than `n` words counts as one n-gram).
+pub fn shares_ngrams(texts: &[String], eval: &[Record], n: usize) -> Vec<bool> {
+    let all: HashSet<u64> = eval.iter().flat_map(|r| ngram_hashes(&words(&record_text(&r.example)), n)).collect();
+    texts.iter().map(|t| ngram_hashes(&words(t), n).iter().any(|h| all.contains(h))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! directory beside the output, so a killed run resumes where it stopped. The output is
 //! JSONL in Alpaca's layout (`instruction`, `input`, `output`) with each record's
 //! provenance, readable by `instill data check` and every recipe.
+pub mod curate;
 pub mod evol;
 pub mod halves;
 pub mod magpie;
@@ -58,6 +59,8 @@ pub struct Context<'a> {
     pub input: Option<PathBuf>,
     /// Evolution rounds (evol; 1 for every other method).
     pub rounds: usize,
+    /// Curation applied to every method's examples.
+    pub curation: curate::Curation,
     pub progress: bool,
 }
 
@@ -140,7 +143,8 @@ pub fn synthesize(method: &dyn Method, cx: &Context, out: &Path) -> Result<Repor
     let work = with_suffix(out, ".work");
     std::fs::create_dir_all(&work).map_err(|e| Error::file(&work, e.to_string()))?;
     check_settings(cx, method, &work)?;
-    let outcome = method.run(cx, &work)?;
+    let mut outcome = method.run(cx, &work)?;
+    curate::curate(&mut outcome, &cx.curation)?;
     let text: String = outcome.examples.iter().map(|e| serde_json::to_string(e).expect("serializable") + "\n").collect();
     crate::peft::write_atomic(out, text.as_bytes())?;
     let report = Report {
@@ -170,6 +174,7 @@ fn check_settings(cx: &Context, method: &dyn Method, work: &Path) -> Result<()> 
     let settings = serde_json::json!({
         "method": method.name(), "model": cx.model_name, "seed": cx.seed, "template": cx.template,
         "max_new_tokens": cx.max_new_tokens, "input": cx.input, "rounds": cx.rounds,
+        "curation": cx.curation,
     });
     let path = work.join("settings.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
