@@ -12,13 +12,12 @@
 //! replaces its parent in the pool and is written with its answer; a failure leaves the
 //! parent in the pool for the next round. `--input` is any instruction data `instill data`
 //! reads (the first user turn of each record), `--rounds` the number of rounds.
-use super::{Context, Example, Generated, Method, Outcome};
+use super::{Context, Example, Method, Outcome};
 use crate::data::Example as Data;
 use crate::decode::jobs::Job;
 use crate::decode::GenerateOptions;
 use crate::Result;
 use rand::{Rng, SeedableRng};
-use std::collections::HashMap;
 use std::path::Path;
 
 pub struct Evol;
@@ -124,14 +123,12 @@ impl Evol {
         let job = |i: usize, prompt: Vec<u32>| Job { id: ids[i].clone(), prompt, stream: i as u64 };
         let evolve: Vec<Job> = pool.iter().zip(&picks).enumerate().map(|(i, ((_, s), &e))| Ok(job(i, chat(&evolve_prompt(e, s))?))).collect::<Result<_>>()?;
         let gen = |n: usize| GenerateOptions { max_new_tokens: n, ..Default::default() };
-        let evolved =
-            by_id(cx.runner(gen(cx.max_new_tokens), &format!("evol {round}: rewrite")).run(&evolve, &work.join(format!("round{round}-evolved.jsonl")), |j, g| Ok(Some(Generated::from(j, g))))?);
+        let evolved = cx.generate(&format!("evol {round}: rewrite"), &work.join(format!("round{round}-evolved.jsonl")), &evolve, gen(cx.max_new_tokens))?;
         let child = |i: usize| extract(&evolved[&ids[i]].text);
         let equal: Vec<Job> = (0..pool.len()).map(|i| Ok(job(i, chat(&EQUAL.replace("{first}", &pool[i].1).replace("{second}", &child(i)))?))).collect::<Result<_>>()?;
-        let judged = by_id(cx.runner(gen(4), &format!("evol {round}: equal?")).run(&equal, &work.join(format!("round{round}-equal.jsonl")), |j, g| Ok(Some(Generated::from(j, g))))?);
+        let judged = cx.generate(&format!("evol {round}: equal?"), &work.join(format!("round{round}-equal.jsonl")), &equal, gen(4))?;
         let answer: Vec<Job> = (0..pool.len()).map(|i| Ok(job(i, chat(&child(i))?))).collect::<Result<_>>()?;
-        let answers =
-            by_id(cx.runner(gen(cx.max_new_tokens), &format!("evol {round}: answer")).run(&answer, &work.join(format!("round{round}-answers.jsonl")), |j, g| Ok(Some(Generated::from(j, g))))?);
+        let answers = cx.generate(&format!("evol {round}: answer"), &work.join(format!("round{round}-answers.jsonl")), &answer, gen(cx.max_new_tokens))?;
         let mut next = Vec::with_capacity(pool.len());
         for (i, parent) in pool.into_iter().enumerate() {
             let (e, a) = (&evolved[&ids[i]], &answers[&ids[i]]);
@@ -160,10 +157,6 @@ impl Evol {
         }
         Ok(next)
     }
-}
-
-fn by_id(v: Vec<Generated>) -> HashMap<String, Generated> {
-    v.into_iter().map(|g| (g.id.clone(), g)).collect()
 }
 
 #[cfg(test)]

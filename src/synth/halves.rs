@@ -5,7 +5,7 @@
 //! instruction is the first half alone, as the paper trains on. Input: JSONL with a
 //! `text` field per line, or plain text with documents separated by blank lines. Dropped:
 //! documents under 16 words, and continuations cut at the token limit or empty.
-use super::{Context, Example, Generated, Method, Outcome};
+use super::{Context, Example, Method, Outcome};
 use crate::decode::jobs::Job;
 use crate::decode::GenerateOptions;
 use crate::{Error, Result};
@@ -75,10 +75,9 @@ impl Method for Halves {
             })
             .collect::<Result<_>>()?;
         let gen = GenerateOptions { max_new_tokens: cx.max_new_tokens, ..Default::default() };
-        let got = cx.runner(gen, "halves: continuations").run(&jobs, &work.join("continuations.jsonl"), |j, g| Ok(Some(Generated::from(j, g))))?;
-        let by_id: std::collections::HashMap<&str, &Generated> = got.iter().map(|g| (g.id.as_str(), g)).collect();
+        let by_id = cx.generate("halves: continuations", &work.join("continuations.jsonl"), &jobs, gen)?;
         for (id, h) in halves {
-            let g = by_id[id.as_str()];
+            let g = &by_id[&id];
             if !g.finished || g.text.trim().is_empty() {
                 out.drop("continuation cut at the token limit or empty", &h);
                 continue;

@@ -81,7 +81,6 @@ pub fn answer(cx: &Context, asks: &[(String, String)], file: &Path, stage: &str)
         .map(|(i, (id, text))| Ok(Job { id: id.clone(), prompt: cx.tok.encode_chat(cx.template.as_deref(), &[serde_json::json!({"role": "user", "content": text})])?, stream: i as u64 }))
         .collect::<Result<_>>()?;
     let gen = GenerateOptions { max_new_tokens: cx.max_new_tokens, ..Default::default() };
-    let got: Vec<Generated> = cx.runner(gen, stage).run(&jobs, file, |j, g| Ok(Some(Generated::from(j, g))))?;
-    let by_id: std::collections::HashMap<&str, &Generated> = got.iter().map(|g| (g.id.as_str(), g)).collect();
-    Ok(asks.iter().map(|(id, _)| by_id[id.as_str()].clone()).collect())
+    let mut by_id = cx.generate(stage, file, &jobs, gen)?;
+    Ok(asks.iter().map(|(id, _)| by_id.remove(id).expect("every job has its generation")).collect())
 }

@@ -17,7 +17,7 @@ use crate::model::CausalLm;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Where a record came from.
@@ -72,6 +72,12 @@ impl Context<'_> {
     /// The input file, which this method requires.
     pub fn input(&self, method: &str, what: &str) -> Result<&Path> {
         self.input.as_deref().ok_or_else(|| Error::Input(format!("synth {method} needs --input: {what}")))
+    }
+
+    /// Runs one stage's jobs into `file` (resumable) and returns the generations by id.
+    pub fn generate(&self, stage: &str, file: &Path, jobs: &[crate::decode::jobs::Job], gen: crate::decode::GenerateOptions) -> Result<HashMap<String, Generated>> {
+        let got = self.runner(gen, stage).run(jobs, file, |j, g| Ok(Some(Generated::from(j, g))))?;
+        Ok(got.into_iter().map(|g| (g.id.clone(), g)).collect())
     }
 
     /// A runner over this context's model for one stage of a method.

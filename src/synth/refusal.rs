@@ -9,7 +9,7 @@
 //! normalization (lower case, no punctuation, single spaces). Input: JSONL with
 //! `question` and `answer` (a string or a list of aliases), or `instruction` + `output`,
 //! or `prompt` + `reference(s)`.
-use super::{Context, Example, Generated, Method, Outcome};
+use super::{Context, Example, Method, Outcome};
 use crate::decode::jobs::Job;
 use crate::decode::GenerateOptions;
 use crate::eval::metrics::exact_match::normalize_answer;
@@ -78,11 +78,10 @@ impl Method for Refusal {
             .map(|(i, q)| Ok(Job { id: format!("q{i}"), prompt: cx.tok.encode_chat(cx.template.as_deref(), &[serde_json::json!({"role": "user", "content": q.question})])?, stream: i as u64 }))
             .collect::<Result<_>>()?;
         let gen = GenerateOptions { max_new_tokens: cx.max_new_tokens, ..Default::default() };
-        let got = cx.runner(gen, "refusal: answers").run(&jobs, &work.join("answers.jsonl"), |j, g| Ok(Some(Generated::from(j, g))))?;
-        let by_id: std::collections::HashMap<&str, &Generated> = got.iter().map(|g| (g.id.as_str(), g)).collect();
+        let by_id = cx.generate("refusal: answers", &work.join("answers.jsonl"), &jobs, gen)?;
         let mut out = Outcome::default();
         for (j, q) in jobs.iter().zip(&qa) {
-            let sure = matches(&by_id[j.id.as_str()].text, &q.answers);
+            let sure = matches(&by_id[&j.id].text, &q.answers);
             let split = if sure { "certain" } else { "uncertain" };
             *out.counts.entry(split.to_string()).or_default() += 1;
             out.examples.push(Example {

@@ -177,9 +177,8 @@ fn classify(cx: &Context, seeds: &[SeedTask], pool: &[(String, String)], work: &
         .map(|(i, (_, inst))| Ok(Job { id: format!("inst-{i}"), prompt: cx.tok.encode(&format!("{head}Task: {inst}\nIs it classification?"), true)?, stream: i as u64 }))
         .collect::<Result<_>>()?;
     let gen = GenerateOptions { max_new_tokens: 4, stop_strings: vec!["\n".into()], ..Default::default() };
-    let got = cx.runner(gen, "self-instruct: classification?").run(&jobs, &work.join("is_classification.jsonl"), |j, g| Ok(Some(Generated::from(j, g))))?;
-    let by_id: std::collections::HashMap<&str, bool> = got.iter().map(|g| (g.id.as_str(), g.text.trim().to_lowercase().starts_with("yes"))).collect();
-    Ok(jobs.iter().map(|j| by_id[j.id.as_str()]).collect())
+    let by_id = cx.generate("self-instruct: classification?", &work.join("is_classification.jsonl"), &jobs, gen)?;
+    Ok(jobs.iter().map(|j| by_id[&j.id].text.trim().to_lowercase().starts_with("yes")).collect())
 }
 
 /// Stage 2b: instances for each instruction, input-first or output-first.
@@ -192,10 +191,9 @@ fn instances(cx: &Context, seeds: &[SeedTask], pool: &[(String, String)], kinds:
         .map(|(i, ((_, inst), &clf))| Ok(Job { id: format!("inst-{i}"), prompt: cx.tok.encode(&format!("{}Task: {inst}\n", if clf { &clf_head } else { &gen_head }), true)?, stream: i as u64 }))
         .collect::<Result<_>>()?;
     let gen = GenerateOptions { max_new_tokens: cx.max_new_tokens, stop_strings: vec!["Example 6".into(), "Task:".into()], ..Default::default() };
-    let got = cx.runner(gen, "self-instruct: instances").run(&jobs, &work.join("instances.jsonl"), |j, g| Ok(Some(Generated::from(j, g))))?;
-    let by_id: std::collections::HashMap<&str, &Generated> = got.iter().map(|g| (g.id.as_str(), g)).collect();
+    let by_id = cx.generate("self-instruct: instances", &work.join("instances.jsonl"), &jobs, gen)?;
     for ((j, (req, inst)), &clf) in jobs.iter().zip(pool).zip(kinds) {
-        let g = by_id[j.id.as_str()];
+        let g = &by_id[&j.id];
         let mut parsed = parse_instances(&g.text, clf);
         if !g.finished && parsed.pop().is_some() {
             out.drop("instance cut at the token limit", inst);
