@@ -17,7 +17,7 @@ use std::path::Path;
 pub struct Job {
     pub id: String,
     pub prompt: Vec<u32>,
-    /// The sampler's random stream: a job samples the same text whatever batch it is in.
+    /// The sampler's random stream, independent of the job's place in a batch.
     pub stream: u64,
 }
 
