@@ -149,7 +149,7 @@ fn judge_counts_every_verdict_swaps_orders_and_resumes_on_smollm2() {
     let qs = judge::read_questions(&shared("eval/user_oriented_instructions.jsonl")).unwrap()[..2].to_vec();
     let answers: HashMap<String, String> = qs.iter().map(|q| (q.id.clone(), "I do not know.".to_string())).collect();
     let reference: HashMap<String, String> = qs.iter().map(|q| (q.id.clone(), q.reference.clone().unwrap())).collect();
-    let opts = JudgeOptions { template: None, batch_size: 4, max_new_tokens: 48, progress: false };
+    let opts = JudgeOptions { settings: serde_json::json!({"judge": "smollm2", "test": 1}), template: None, batch_size: 4, max_new_tokens: 48, progress: false };
     let out = dir.join("pair");
     let js = judge::pairwise(&model, &tok, &qs, &answers, &reference, &out, &opts).unwrap();
     let s = judge::summarize(&js);
@@ -165,6 +165,11 @@ fn judge_counts_every_verdict_swaps_orders_and_resumes_on_smollm2() {
     assert!(t.elapsed().as_secs_f64() < 2.0);
     assert_eq!(again.iter().map(|j| j.outcome).collect::<Vec<_>>(), js.iter().map(|j| j.outcome).collect::<Vec<_>>());
     assert_eq!(std::fs::read_to_string(out.join("judgments.jsonl")).unwrap(), lines);
+    // Another judge's settings into the same report are refused.
+    let other = JudgeOptions { settings: serde_json::json!({"judge": "other"}), ..opts };
+    let err = judge::pairwise(&model, &tok, &qs, &answers, &reference, &out, &other).unwrap_err().to_string();
+    assert!(err.contains("other settings"), "{err}");
+    let opts = JudgeOptions { settings: serde_json::json!({"judge": "smollm2", "test": 1}), ..other };
     // Single grading: a rating or an unparsed judgment for each.
     let js = judge::single(&model, &tok, &qs, &reference, true, &dir.join("single"), &opts).unwrap();
     assert!(js.iter().all(|j| j.rating.is_some() != j.unparsed.is_some()));

@@ -12,6 +12,15 @@ pub enum Mode {
     Pairwise,
 }
 
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Single => "single",
+            Mode::Pairwise => "pairwise",
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct JudgeArgs {
     /// The judge model.
@@ -53,7 +62,11 @@ pub fn run(a: JudgeArgs) -> Result<()> {
     qs.truncate(a.limit.unwrap_or(usize::MAX));
     let answers = judge::read_answers(&a.answers)?;
     let (model, tok) = a.model.load()?;
-    let opts = JudgeOptions { template: a.template.clone(), batch_size: a.batch_size, max_new_tokens: a.max_new_tokens, progress: true };
+    let settings = serde_json::json!({
+        "judge": a.model.model, "adapter": a.model.adapter, "mode": a.mode.name(), "questions": a.questions, "answers": a.answers,
+        "against": a.against, "with_reference": a.with_reference, "template": a.template, "max_new_tokens": a.max_new_tokens, "limit": a.limit,
+    });
+    let opts = JudgeOptions { settings, template: a.template.clone(), batch_size: a.batch_size, max_new_tokens: a.max_new_tokens, progress: true };
     let judged = match a.mode {
         Mode::Single => judge::single(&model, &tok, &qs, &answers, a.with_reference, &a.out, &opts)?,
         Mode::Pairwise => {

@@ -4,7 +4,8 @@
 //! for `[[A]]`, `[[B]]` or `[[C]]` (tie) in both orders, and a verdict counts only when it
 //! holds under the swap (otherwise it is a tie), as FastChat's position-bias check does.
 //! A verdict that cannot be parsed is counted and shown, never dropped silently.
-//! Judgments go through the resumable runner, so a killed run continues.
+//! Judgments go through the resumable runner, so a killed run continues; a report
+//! directory holds one judge run (its settings are checked on resume).
 use crate::decode::jobs::{Job, Record, Runner};
 use crate::decode::GenerateOptions;
 use crate::model::CausalLm;
@@ -141,6 +142,9 @@ impl Record for Judgment {
 }
 
 pub struct JudgeOptions {
+    /// What is judged, by whom and how: saved in `settings.json` and checked on resume,
+    /// so a rerun with another judge or other answers never reuses old judgments.
+    pub settings: Value,
     pub template: Option<String>,
     pub batch_size: usize,
     pub max_new_tokens: usize,
@@ -154,6 +158,7 @@ fn prompt(tok: &Tokenizer, opts: &JudgeOptions, system: &str, user: String) -> R
 
 fn run(model: &CausalLm, tok: &Tokenizer, jobs: &[Job], out: &Path, opts: &JudgeOptions) -> Result<HashMap<String, String>> {
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e.to_string()))?;
+    super::runner::check_settings(out, &opts.settings)?;
     let gen = GenerateOptions { max_new_tokens: opts.max_new_tokens, ..Default::default() };
     let runner = Runner { model, tok, gen, batch_size: opts.batch_size, label: opts.progress.then(|| "judge".to_string()) };
     let got: Vec<Judgment> = runner.run(jobs, &out.join("judgments.jsonl"), |j, g| Ok(Some(Judgment { id: j.id.clone(), text: g.text })))?;

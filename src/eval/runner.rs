@@ -64,7 +64,7 @@ impl Record for Scored {
 }
 
 /// The settings of an earlier, interrupted run in `out` must be these.
-fn check_settings(out: &Path, settings: &serde_json::Value) -> Result<()> {
+pub fn check_settings(out: &Path, settings: &serde_json::Value) -> Result<()> {
     let path = out.join("settings.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
         let old: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&path, e.to_string()))?;
