@@ -135,3 +135,37 @@ fn export_to_hf_dir_roundtrips() {
 fn export_sharded_roundtrips() {
     export_roundtrip("tiny-random-llama", 20_000);
 }
+
+#[test]
+fn continuous_batching_matches_single_rows() {
+    // Two places for five prompts of different lengths: rows finish at different steps
+    // (a stop string, the token limit), waiting prompts join the running batch left-padded,
+    // and each must go on exactly as it would alone, sampled ones included (each prompt
+    // has its own stream).
+    use instill::decode::generate::Decoder;
+    let (m, tok) = load("smollm2-135m-instruct", true);
+    let texts = ["Hello there", "Write a haiku about the sea and the wind at night", "The three primary colours are", "Once upon a time", "List four prime numbers:"];
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| ids(&tok, t)).collect();
+    let greedy = GenerateOptions { max_new_tokens: 10, ..Default::default() };
+    let first = generate(&m, &tok, &prompts[..1], &greedy, &mut |_, _| {}).unwrap();
+    let stop: String = first[0].text.chars().take(3).collect();
+    let sampled = SamplingParams { temperature: 0.9, top_p: 0.95, seed: 7, ..Default::default() };
+    for opts in [GenerateOptions { stop_strings: vec![stop], ..greedy.clone() }, GenerateOptions { sampling: sampled, streams: vec![11, 12, 13, 14, 15], ..greedy.clone() }] {
+        let mut dec = Decoder::new(&m, &tok, &prompts, &opts, 2).unwrap();
+        let mut got = vec![None; prompts.len()];
+        let mut steps = 0;
+        while !dec.is_done() {
+            for (i, g) in dec.step(&mut |_, _| {}).unwrap() {
+                assert!(got[i].replace(g).is_none(), "prompt {i} finished twice");
+            }
+            steps += 1;
+        }
+        assert!(steps > opts.max_new_tokens + 1, "the five prompts never queued behind two places");
+        for (i, p) in prompts.iter().enumerate() {
+            let one = GenerateOptions { streams: opts.streams.get(i).map(|&s| vec![s]).unwrap_or_default(), ..opts.clone() };
+            let alone = generate(&m, &tok, std::slice::from_ref(p), &one, &mut |_, _| {}).unwrap().remove(0);
+            let g = got[i].take().expect("every prompt finishes");
+            assert_eq!((&g.tokens, &g.text, g.finish), (&alone.tokens, &alone.text, alone.finish), "prompt {i} in the continuous batch");
+        }
+    }
+}

@@ -1,9 +1,11 @@
-//! A batched, resumable generation run over prompts that have ids: prompts of similar
-//! length share a batch, each batch's records are appended to a JSONL file in one write,
-//! and a rerun into the same file skips the ids already there, so a killed run resumes
-//! without regenerating what it finished. Evaluation suites and synthesis methods both
+//! A batched, resumable generation run over prompts that have ids: the prompts decode by
+//! continuous batching (`generate::Decoder`: a finished row's place goes to the next
+//! prompt, longest prompts first), each finished record is appended to a JSONL file as it
+//! finishes, and a rerun into the same file skips the ids already there, so a killed run
+//! resumes without regenerating what it finished. Evaluation suites and synthesis methods both
 //! run on it.
-use super::{generate, GenerateOptions, Generation};
+use super::generate::Decoder;
+use super::{GenerateOptions, Generation};
 use crate::model::CausalLm;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -39,7 +41,7 @@ pub struct Runner<'a> {
 impl Runner<'_> {
     /// Generates every job whose id is not yet in `out` and appends `record(job,
     /// generation)` for it (None: nothing is written and the job is done); returns the
-    /// records of `out` that belong to `jobs`, the earlier run's first.
+    /// records of `out` that belong to `jobs`, in the jobs' order.
     pub fn run<R: Record>(&self, jobs: &[Job], out: &Path, mut record: impl FnMut(&Job, Generation) -> Result<Option<R>>) -> Result<Vec<R>> {
         let mut seen = HashSet::new();
         if let Some(dup) = jobs.iter().find(|j| !seen.insert(j.id.as_str())) {
@@ -54,23 +56,34 @@ impl Runner<'_> {
         todo.sort_by_key(|j| std::cmp::Reverse(j.prompt.len()));
         let bar = self.progress(jobs.len(), jobs.len() - todo.len());
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(out).map_err(|e| Error::file(out, e.to_string()))?;
-        for batch in todo.chunks(self.batch_size.max(1)) {
-            let prompts: Vec<Vec<u32>> = batch.iter().map(|j| j.prompt.clone()).collect();
-            let gen = GenerateOptions { streams: batch.iter().map(|j| j.stream).collect(), ..self.gen.clone() };
-            let gens = generate(self.model, self.tok, &prompts, &gen, &mut |_, _| {})?;
-            let mut lines = String::new();
-            for (job, g) in batch.iter().zip(gens) {
-                if let Some(r) = record(job, g)? {
-                    lines.push_str(&serde_json::to_string(&r).expect("serializable"));
-                    lines.push('\n');
-                    done.push(r);
+        let width = self.batch_size.max(1);
+        // Continuous batching over all the jobs; steering needs its batch whole, so it
+        // goes batch by batch.
+        let groups: Vec<&[&Job]> = if self.gen.steer.is_some() { todo.chunks(width).collect() } else { vec![&todo[..]] };
+        for group in groups.into_iter().filter(|g| !g.is_empty()) {
+            let prompts: Vec<Vec<u32>> = group.iter().map(|j| j.prompt.clone()).collect();
+            let gen = GenerateOptions { streams: group.iter().map(|j| j.stream).collect(), ..self.gen.clone() };
+            let mut dec = Decoder::new(self.model, self.tok, &prompts, &gen, width)?;
+            while !dec.is_done() {
+                let finished = crate::model::on_workers(|| dec.step(&mut |_, _| {}))?;
+                let (count, mut lines) = (finished.len(), String::new());
+                for (i, g) in finished {
+                    if let Some(r) = record(group[i], g)? {
+                        lines.push_str(&serde_json::to_string(&r).expect("serializable"));
+                        lines.push('\n');
+                        done.push(r);
+                    }
                 }
+                // One write per step: a kill leaves at most one partial line, dropped on resume.
+                if !lines.is_empty() {
+                    file.write_all(lines.as_bytes()).and_then(|_| file.flush()).map_err(|e| Error::file(out, e.to_string()))?;
+                }
+                bar.inc(count as u64);
             }
-            // One write per batch: a kill leaves at most one partial line, dropped on resume.
-            file.write_all(lines.as_bytes()).and_then(|_| file.flush()).map_err(|e| Error::file(out, e.to_string()))?;
-            bar.inc(batch.len() as u64);
         }
         bar.finish_and_clear();
+        let order: std::collections::HashMap<&str, usize> = jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect();
+        done.sort_by_key(|r| order[r.id()]);
         Ok(done)
     }
 
