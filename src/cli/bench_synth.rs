@@ -45,6 +45,7 @@ fn magpie(model: &CausalLm, tok: &Tokenizer, a: &SynthBench, batch: usize) -> Re
         input: None,
         rounds: 1,
         curation: Default::default(),
+        ensemble: vec![],
         progress: false,
     };
     let out = dir.join("magpie.jsonl");

@@ -47,6 +47,10 @@ pub struct SynthArgs {
     /// Chat template: chatml|llama3|gemma|alpaca|FILE (default: the model's own).
     #[arg(long)]
     template: Option<String>,
+    /// Ensemble-Instruct: these models (comma-separated; -m's own name is skipped) also
+    /// answer every example, and the output the models agree on is kept.
+    #[arg(long, value_delimiter = ',')]
+    ensemble: Vec<String>,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -58,6 +62,7 @@ pub fn run(a: SynthArgs) -> Result<()> {
         anyhow::bail!("--near-dup {t}: expected a similarity in (0, 1]");
     }
     let (model, tok) = a.model.load()?;
+    let others = ensemble_models(&a)?;
     let cx = instill::synth::Context {
         model: &model,
         tok: &tok,
@@ -70,6 +75,7 @@ pub fn run(a: SynthArgs) -> Result<()> {
         input: a.input.clone(),
         rounds: a.rounds,
         curation: instill::synth::curate::Curation { near_dup: a.near_dup, decontaminate: a.decontaminate.clone(), ngram: a.ngram },
+        ensemble: others.iter().map(|(name, m, t)| instill::synth::ensemble::Member { name: name.clone(), model: m, tok: t }).collect(),
         progress: !a.quiet,
     };
     let r = instill::synth::synthesize(method, &cx, &a.out)?;
@@ -81,4 +87,19 @@ pub fn run(a: SynthArgs) -> Result<()> {
         println!("  dropped {n:>5}  {filter}");
     }
     Ok(())
+}
+
+/// The `--ensemble` models other than the generator, loaded.
+fn ensemble_models(a: &SynthArgs) -> Result<Vec<(String, instill::CausalLm, instill::Tokenizer)>> {
+    let names: Vec<&String> = a.ensemble.iter().filter(|n| **n != a.model.model).collect();
+    if !a.ensemble.is_empty() && names.is_empty() {
+        anyhow::bail!("--ensemble names only the generating model {:?}: list the other models that answer too", a.model.model);
+    }
+    names
+        .into_iter()
+        .map(|n| {
+            let (m, t) = ModelArgs::named(n, a.model.dequantize, None).load()?;
+            Ok((n.clone(), m, t))
+        })
+        .collect()
 }

@@ -51,7 +51,7 @@ mod tests {
     use crate::synth::{Example, Provenance};
 
     fn ex(i: &str, o: &str) -> Example {
-        Example { instruction: i.into(), input: String::new(), output: o.into(), provenance: Provenance { method: "t".into(), model: "m".into(), seed: 0, prompt_id: "p".into() } }
+        Example { instruction: i.into(), input: String::new(), output: o.into(), provenance: Provenance { method: "t".into(), model: "m".into(), seed: 0, prompt_id: "p".into(), output_model: None } }
     }
 
     #[test]

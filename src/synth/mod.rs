@@ -5,6 +5,7 @@
 //! JSONL in Alpaca's layout (`instruction`, `input`, `output`) with each record's
 //! provenance, readable by `instill data check` and every recipe.
 pub mod curate;
+pub mod ensemble;
 pub mod evol;
 pub mod halves;
 pub mod magpie;
@@ -28,6 +29,9 @@ pub struct Provenance {
     pub seed: u64,
     /// The prompt (or prompt chain) it was generated from, unique within a run.
     pub prompt_id: String,
+    /// With `--ensemble`: the model whose output the ensemble kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_model: Option<String>,
 }
 
 /// One synthesized training example.
@@ -61,12 +65,15 @@ pub struct Context<'a> {
     pub rounds: usize,
     /// Curation applied to every method's examples.
     pub curation: curate::Curation,
+    /// Models that also answer every example, the output kept by their agreement
+    /// (Ensemble-Instruct); empty: the method's own outputs.
+    pub ensemble: Vec<ensemble::Member<'a>>,
     pub progress: bool,
 }
 
 impl Context<'_> {
     pub fn provenance(&self, method: &str, prompt_id: String) -> Provenance {
-        Provenance { method: method.to_string(), model: self.model_name.clone(), seed: self.seed, prompt_id }
+        Provenance { method: method.to_string(), model: self.model_name.clone(), seed: self.seed, prompt_id, output_model: None }
     }
 
     /// The input file, which this method requires.
@@ -150,6 +157,9 @@ pub fn synthesize(method: &dyn Method, cx: &Context, out: &Path) -> Result<Repor
     std::fs::create_dir_all(&work).map_err(|e| Error::file(&work, e.to_string()))?;
     check_settings(cx, method, &work)?;
     let mut outcome = method.run(cx, &work)?;
+    if !cx.ensemble.is_empty() {
+        ensemble::vote(cx, &mut outcome, &work)?;
+    }
     curate::curate(&mut outcome, &cx.curation)?;
     let text: String = outcome.examples.iter().map(|e| serde_json::to_string(e).expect("serializable") + "\n").collect();
     crate::peft::write_atomic(out, text.as_bytes())?;
@@ -177,11 +187,14 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 /// A work directory holds one run's stages: resuming it with other settings would mix
 /// two runs, so that is an error.
 fn check_settings(cx: &Context, method: &dyn Method, work: &Path) -> Result<()> {
-    let settings = serde_json::json!({
+    let mut settings = serde_json::json!({
         "method": method.name(), "model": cx.model_name, "seed": cx.seed, "template": cx.template,
         "max_new_tokens": cx.max_new_tokens, "input": cx.input, "rounds": cx.rounds,
         "curation": cx.curation,
     });
+    if !cx.ensemble.is_empty() {
+        settings["ensemble"] = cx.ensemble.iter().map(|m| m.name.clone()).collect::<Vec<_>>().into();
+    }
     let path = work.join("settings.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
         let old: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&path, e.to_string()))?;
