@@ -39,6 +39,7 @@ fn magpie_self_instruct_and_halves_on_smollm2() {
         input,
         rounds: 1,
         curation: Default::default(),
+        ensemble: vec![],
         progress: false,
     };
     // Magpie: the pre-query template is the user turn's opening.
@@ -176,4 +177,77 @@ fn judge_counts_every_verdict_swaps_orders_and_resumes_on_smollm2() {
     // A question without an answer is an error naming it.
     let err = judge::single(&model, &tok, &qs, &HashMap::new(), false, &dir.join("none"), &opts).unwrap_err().to_string();
     assert!(err.contains(&qs[0].id), "{err}");
+}
+
+#[test]
+fn ensemble_keeps_an_agreed_output_on_smollm2_and_qwen() {
+    // SmolLM2 writes Magpie examples; Qwen2.5-Coder-0.5B answers each too, and every kept
+    // example carries the output one of the two models wrote, chosen by the consensus rule.
+    use instill::synth::ensemble::{consensus, Choice, Member, MIN_AGREEMENT};
+    let (model, tok) = common::load("smollm2-135m-instruct", false);
+    let (qm, qt) = common::load("qwen2.5-coder-0.5b-instruct", false);
+    let dir = common::tmpdir("synth-ensemble");
+    let base = Context {
+        model: &model,
+        tok: &tok,
+        model_name: "smollm2-135m-instruct".into(),
+        n: 8,
+        seed: 3,
+        batch_size: 8,
+        template: None,
+        max_new_tokens: 256,
+        input: None,
+        rounds: 1,
+        curation: Default::default(),
+        ensemble: vec![],
+        progress: false,
+    };
+    let alone = synth::synthesize(synth::method("magpie").unwrap(), &base, &dir.join("alone.jsonl")).unwrap();
+    let cx = Context { ensemble: vec![Member { name: "qwen2.5-coder-0.5b-instruct".into(), model: &qm, tok: &qt }], ..base };
+    let out = dir.join("ensemble.jsonl");
+    let r = synth::synthesize(synth::method("magpie").unwrap(), &cx, &out).unwrap();
+    assert!(alone.kept > 0, "{alone:?}");
+    if r.kept > 0 {
+        checks(&out);
+    }
+    let mine: std::collections::HashMap<String, Example> = read(&dir.join("alone.jsonl")).into_iter().map(|e| (e.provenance.prompt_id.clone(), e)).collect();
+    let theirs: Vec<synth::Generated> = instill::decode::jobs::read_records(&dir.join("ensemble.jsonl.work/ensemble-0.jsonl")).unwrap();
+    assert_eq!(theirs.len(), alone.kept, "the member answers every example the method kept");
+    let voted: usize = r.counts.iter().filter(|(k, _)| k.starts_with("ensemble: output from")).map(|(_, n)| n).sum();
+    let dropped: usize = r.dropped.iter().filter(|(k, _)| k.starts_with("ensemble:")).map(|(_, n)| n).sum();
+    assert_eq!((voted, voted + dropped), (r.kept, alone.kept), "{r:?}");
+    for e in read(&out) {
+        let own = &mine[&e.provenance.prompt_id].output;
+        let other = theirs.iter().find(|g| g.id == e.provenance.prompt_id).unwrap();
+        let other_text = if other.finished { other.text.trim() } else { "" };
+        let want = match consensus(&[own, other_text], MIN_AGREEMENT) {
+            Choice::Exact(i) | Choice::Agreement(i) => i,
+            c => panic!("{c:?} was kept"),
+        };
+        assert_eq!(e.output, [own.as_str(), other_text][want]);
+        assert_eq!(e.provenance.output_model.as_deref(), Some(["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"][want]));
+    }
+    // Another ensemble into the same place is refused.
+    let err = synth::synthesize(synth::method("magpie").unwrap(), &Context { ensemble: vec![], ..cx }, &out).unwrap_err().to_string();
+    assert!(err.contains("other settings"), "{err}");
+}
+
+#[test]
+fn judge_rates_conversations_as_an_indicator_on_smollm2() {
+    use instill::data::{Conversation, Message};
+    use instill::eval::judge::{self, JudgeOptions};
+    let (model, tok) = common::load("smollm2-135m-instruct", false);
+    let dir = common::tmpdir("judge-rate");
+    let conv = |q: &str, a: &str| Conversation { messages: vec![Message::new("system", "Be brief."), Message::new("user", q), Message::new("assistant", a)], tools: None };
+    let (c1, c2, c3) = (conv("What is 2 + 2?", "4"), conv("Name a colour.", "Blue."), Conversation { messages: vec![Message::new("user", "no answer")], tools: None });
+    let convs = vec![("a".to_string(), &c1), ("b".to_string(), &c2), ("c".to_string(), &c3)];
+    let opts = JudgeOptions { settings: serde_json::json!({"judge": "smollm2"}), template: None, batch_size: 4, max_new_tokens: 48, progress: false };
+    let got = judge::rate_conversations(&model, &tok, &convs, &dir, &opts).unwrap();
+    assert_eq!(got.len(), 2, "the conversation without a response is left out: {got:?}");
+    assert!(got.values().all(|r| r.is_none_or(|r| (1.0..=10.0).contains(&r))), "{got:?}");
+    let lines = std::fs::read_to_string(dir.join("judgments.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2, "one judgment per rated conversation");
+    // Resumed: the same ratings, nothing regenerated.
+    assert_eq!(judge::rate_conversations(&model, &tok, &convs, &dir, &opts).unwrap(), got);
+    assert_eq!(std::fs::read_to_string(dir.join("judgments.jsonl")).unwrap(), lines);
 }

@@ -75,6 +75,11 @@ pub struct SelectArgs {
     /// A reward model directory, for the `reward` indicator (`--by reward`).
     #[arg(long)]
     reward_model: Option<PathBuf>,
+    /// A judge model (registry id, file or directory), for the `judge` indicator
+    /// (`--by judge`): MT-bench's 1-10 single-answer rating of each response. Its
+    /// judgments are kept in OUT.judge/, so a rerun resumes.
+    #[arg(long)]
+    judge_model: Option<String>,
 }
 
 #[derive(Args)]
@@ -443,6 +448,11 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
         (true, None) => bail!("the reward indicator needs --reward-model DIR"),
         (false, _) => None,
     };
+    let judge = match (rule.0.iter().any(|(_, n)| n == "judge"), &a.judge_model) {
+        (true, Some(m)) => Some(super::ModelArgs::named(m, false, None).load()?),
+        (true, None) => bail!("the judge indicator needs --judge-model MODEL"),
+        (false, _) => None,
+    };
     let (model, tok) = if needs_model {
         let (m, t) = a.model.load()?;
         (Some(m), t)
@@ -469,6 +479,11 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
                 ind.reward = Some(r[0] as f64);
             }
         }
+        if let Some((jm, jt)) = &judge {
+            for (ind, r) in scored.iter_mut().zip(judge_chunk(jm, jt, &chunk, scores.len(), &a)?) {
+                ind.judge = r;
+            }
+        }
         for (r, ind) in chunk.iter().zip(&scored) {
             let s = rule.score(ind);
             if let Some((f, _)) = &mut ind_out {
@@ -492,6 +507,25 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
     let n = instill::data::write::write_stream(&a.out, kept, instill::data::write::Layout::Messages)?;
     println!("{}: kept {n} of {} by {:?}", a.out.display(), scores.len(), rule.0);
     Ok(())
+}
+
+/// The judge's ratings of a chunk's responses, resumable in OUT.judge/.
+fn judge_chunk(model: &instill::CausalLm, tok: &instill::Tokenizer, chunk: &[instill::data::Record], first: usize, a: &SelectArgs) -> Result<Vec<Option<f64>>> {
+    use instill::eval::judge;
+    let convs: Vec<(String, &instill::data::Conversation)> = chunk
+        .iter()
+        .enumerate()
+        .filter_map(|(k, r)| match &r.example {
+            Example::Sft(c) => Some((format!("example-{}", first + k), c)),
+            _ => None,
+        })
+        .collect();
+    let mut dir = a.out.clone().into_os_string();
+    dir.push(".judge");
+    let settings = serde_json::json!({"judge": a.judge_model, "file": a.file, "mode": "single", "purpose": "data select"});
+    let opts = judge::JudgeOptions { settings, template: None, batch_size: a.batch_size, max_new_tokens: 384, progress: false };
+    let by_id = judge::rate_conversations(model, tok, &convs, std::path::Path::new(&dir), &opts)?;
+    Ok((0..chunk.len()).map(|k| by_id.get(&format!("example-{}", first + k)).copied().flatten()).collect())
 }
 
 /// Indicators of a chunk of SFT records: rendered on all cores, losses in batches.

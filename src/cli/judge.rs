@@ -4,6 +4,7 @@ use super::ModelArgs;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use instill::eval::judge::{self, JudgeOptions};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -55,6 +56,10 @@ pub struct JudgeArgs {
     /// Judge only the first N questions.
     #[arg(long)]
     limit: Option<usize>,
+    /// A reward model directory: its scores of the same answers are compared with the
+    /// judge's verdicts (pairwise agreement, or rank correlation with the ratings).
+    #[arg(long)]
+    reward_model: Option<PathBuf>,
 }
 
 pub fn run(a: JudgeArgs) -> Result<()> {
@@ -67,18 +72,25 @@ pub fn run(a: JudgeArgs) -> Result<()> {
         "against": a.against, "with_reference": a.with_reference, "template": a.template, "max_new_tokens": a.max_new_tokens, "limit": a.limit,
     });
     let opts = JudgeOptions { settings, template: a.template.clone(), batch_size: a.batch_size, max_new_tokens: a.max_new_tokens, progress: true };
-    let judged = match a.mode {
-        Mode::Single => judge::single(&model, &tok, &qs, &answers, a.with_reference, &a.out, &opts)?,
-        Mode::Pairwise => {
-            let against = match a.against.as_deref() {
-                None => bail!("--mode pairwise needs --against (a report, a JSONL of answers, or `reference`)"),
-                Some("reference") => qs.iter().filter_map(|q| q.reference.clone().map(|r| (q.id.clone(), r))).collect(),
-                Some(p) => judge::read_answers(std::path::Path::new(p))?,
-            };
-            judge::pairwise(&model, &tok, &qs, &answers, &against, &a.out, &opts)?
-        }
+    let against: Option<HashMap<String, String>> = match (a.mode, a.against.as_deref()) {
+        (Mode::Single, _) => None,
+        (Mode::Pairwise, None) => bail!("--mode pairwise needs --against (a report, a JSONL of answers, or `reference`)"),
+        (Mode::Pairwise, Some("reference")) => Some(qs.iter().filter_map(|q| q.reference.clone().map(|r| (q.id.clone(), r))).collect()),
+        (Mode::Pairwise, Some(p)) => Some(judge::read_answers(std::path::Path::new(p))?),
     };
-    let s = judge::summarize(&judged);
+    let judged = match &against {
+        None => judge::single(&model, &tok, &qs, &answers, a.with_reference, &a.out, &opts)?,
+        Some(b) => judge::pairwise(&model, &tok, &qs, &answers, b, &a.out, &opts)?,
+    };
+    let mut s = judge::summarize(&judged);
+    if let Some(dir) = &a.reward_model {
+        let rm = instill::model::reward::RewardModel::load(dir)?;
+        let theirs = match &against {
+            Some(b) => Some(rewards(&rm, &qs, b, a.batch_size)?),
+            None => None,
+        };
+        s.reward = Some(judge::reward_agreement(&judged, &rewards(&rm, &qs, &answers, a.batch_size)?, theirs.as_ref()));
+    }
     judge::write_report(&a.out, &judged, &s)?;
     println!("{} judged, {} unparseable (shown in {})", s.judged, s.unparsed, a.out.join("report.md").display());
     if let Some(m) = s.mean_rating {
@@ -87,5 +99,17 @@ pub fn run(a: JudgeArgs) -> Result<()> {
     if let Some(w) = s.win_rate {
         println!("win rate {:.1} %  {:?}", 100.0 * w, s.outcomes);
     }
+    if let Some(r) = &s.reward {
+        println!("reward model: {}", serde_json::to_string(r)?);
+    }
     Ok(())
+}
+
+/// The reward model's score of each question's answer (as a user / assistant exchange).
+fn rewards(rm: &instill::model::reward::RewardModel, qs: &[judge::Question], answers: &HashMap<String, String>, batch: usize) -> Result<HashMap<String, f64>> {
+    use instill::data::{Conversation, Message};
+    let have: Vec<&judge::Question> = qs.iter().filter(|q| answers.contains_key(&q.id)).collect();
+    let convs: Vec<Conversation> = have.iter().map(|q| Conversation { messages: vec![Message::new("user", q.text.clone()), Message::new("assistant", answers[&q.id].clone())], tools: None }).collect();
+    let scores = rm.score(&convs, batch)?;
+    Ok(have.iter().zip(scores).map(|(q, s)| (q.id.clone(), s[0] as f64)).collect())
 }

@@ -1,6 +1,7 @@
 //! Data selection (InstructMining / POINTS style): per-example quality indicators and
 //! rules that keep a subset. Indicators: response length, lexical diversity (MTLD),
-//! the response's loss and perplexity under a model, and a reward model's score.
+//! the response's loss and perplexity under a model, a reward model's score and an LLM
+//! judge's rating.
 use super::pack::padded;
 use super::render::Rendered;
 use crate::model::{CausalLm, LogitsFor};
@@ -19,6 +20,10 @@ pub struct Indicators {
     /// A reward model's score of the conversation (None without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reward: Option<f64>,
+    /// An LLM judge's 1-10 rating of the response (MT-bench's single-answer prompt; None
+    /// without a judge, or where its verdict did not parse).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<f64>,
 }
 
 impl Indicators {
@@ -30,12 +35,13 @@ impl Indicators {
             "loss" => self.loss?,
             "perplexity" | "ppl" => self.perplexity?,
             "reward" => self.reward?,
+            "judge" => self.judge?,
             _ => return None,
         })
     }
 }
 
-pub const NAMES: &[&str] = &["response_words", "response_tokens", "mtld", "loss", "perplexity", "reward"];
+pub const NAMES: &[&str] = &["response_words", "response_tokens", "mtld", "loss", "perplexity", "reward", "judge"];
 
 /// Measure of Textual Lexical Diversity (McCarthy & Jarvis 2010): the mean length of
 /// word runs whose type-token ratio stays above 0.72, averaged over both directions.
@@ -79,7 +85,7 @@ fn mtld_pass<'a>(words: impl Iterator<Item = &'a String>) -> f64 {
 
 /// Indicators without a model.
 pub fn text_indicators(response: &str, r: &Rendered) -> Indicators {
-    Indicators { response_words: response.split_whitespace().count(), response_tokens: r.trained_tokens(), mtld: mtld(response), loss: None, perplexity: None, reward: None }
+    Indicators { response_words: response.split_whitespace().count(), response_tokens: r.trained_tokens(), mtld: mtld(response), loss: None, perplexity: None, reward: None, judge: None }
 }
 
 /// Mean NLL of each example's trained tokens, `batch` examples per forward pass.
@@ -162,7 +168,7 @@ mod tests {
     fn rules_parse_and_score() {
         let r = Rule::parse("0.5*mtld - loss + 2*response_words").unwrap();
         assert_eq!(r.0, vec![(0.5, "mtld".into()), (-1.0, "loss".into()), (2.0, "response_words".into())]);
-        let ind = Indicators { response_words: 10, response_tokens: 12, mtld: 4.0, loss: Some(1.5), perplexity: Some(1.5f64.exp()), reward: None };
+        let ind = Indicators { response_words: 10, response_tokens: 12, mtld: 4.0, loss: Some(1.5), perplexity: Some(1.5f64.exp()), reward: None, judge: None };
         assert_eq!(r.score(&ind), Some(0.5 * 4.0 - 1.5 + 20.0));
         assert!(Rule::parse("2*vibes").is_err());
         assert_eq!(top_fraction(&[Some(1.0), Some(3.0), None, Some(2.0)], 0.5), vec![1, 3]);

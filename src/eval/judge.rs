@@ -206,6 +206,22 @@ pub fn single(model: &CausalLm, tok: &Tokenizer, qs: &[Question], answers: &Hash
         .collect())
 }
 
+/// Rate each conversation's last response (the user turn before it is the question) 1-10,
+/// by id: a judge score as a data-selection indicator. None where the verdict does not
+/// parse; conversations without a user turn before an assistant one are left out.
+pub fn rate_conversations(model: &CausalLm, tok: &Tokenizer, convs: &[(String, &crate::data::Conversation)], out: &Path, opts: &JudgeOptions) -> Result<HashMap<String, Option<f64>>> {
+    let mut qs = vec![];
+    let mut answers = HashMap::new();
+    for (id, c) in convs {
+        let last = |role: &str, upto: usize| c.messages[..upto].iter().rposition(|m| m.role == role);
+        let Some(ai) = last("assistant", c.messages.len()) else { continue };
+        let Some(ui) = last("user", ai) else { continue };
+        qs.push(Question { id: id.clone(), category: "all".into(), text: c.messages[ui].content.clone(), reference: None });
+        answers.insert(id.clone(), c.messages[ai].content.clone());
+    }
+    Ok(single(model, tok, &qs, &answers, false, out, opts)?.into_iter().map(|j| (j.id, j.rating)).collect())
+}
+
 /// Compare `answers` with `against` on every question, in both orders.
 pub fn pairwise(model: &CausalLm, tok: &Tokenizer, qs: &[Question], answers: &HashMap<String, String>, against: &HashMap<String, String>, out: &Path, opts: &JudgeOptions) -> Result<Vec<Judged>> {
     let mut jobs = vec![];
@@ -238,6 +254,9 @@ pub struct Summary {
     pub by_category: BTreeMap<String, f64>,
     pub outcomes: BTreeMap<String, usize>,
     pub win_rate: Option<f64>,
+    /// With a reward model: how its preferences agree with the judge's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward: Option<RewardAgreement>,
 }
 
 pub fn summarize(js: &[Judged]) -> Summary {
@@ -261,7 +280,72 @@ pub fn summarize(js: &[Judged]) -> Summary {
         by_category: by_category.into_iter().filter_map(|(c, v)| mean(&v).map(|m| (c, m))).collect(),
         win_rate: (parsed > 0.0).then(|| (n("win") + 0.5 * (n("tie") + n("inconsistent"))) / parsed),
         outcomes,
+        reward: None,
     }
+}
+
+/// How a reward model's preferences line up with the judge's: pairwise, the share of
+/// decided questions (a consistent win or loss) where the reward model scores the same
+/// answer higher; single, the Spearman rank correlation of ratings and rewards.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RewardAgreement {
+    /// Questions with a reward score (both answers, pairwise).
+    pub scored: usize,
+    /// Pairwise: questions the judge decided, and the share the reward model agrees on.
+    pub decided: Option<usize>,
+    pub agreement: Option<f64>,
+    /// Pairwise: the share of scored questions where the reward model prefers the answers.
+    pub reward_win_rate: Option<f64>,
+    /// Single: Spearman's rho between ratings and rewards (ties ranked by their mean).
+    pub spearman: Option<f64>,
+}
+
+/// Agreement of the judge with reward scores of the answers (`answers`) and, pairwise, of
+/// the answers compared against (`against`), by question id.
+pub fn reward_agreement(js: &[Judged], answers: &HashMap<String, f64>, against: Option<&HashMap<String, f64>>) -> RewardAgreement {
+    let Some(against) = against else {
+        let pairs: Vec<(f64, f64)> = js.iter().filter_map(|j| Some((j.rating?, *answers.get(&j.id)?))).collect();
+        return RewardAgreement { scored: pairs.len(), decided: None, agreement: None, reward_win_rate: None, spearman: spearman(&pairs) };
+    };
+    let prefs: Vec<(Option<Outcome>, f64)> = js.iter().filter_map(|j| Some((j.outcome, answers.get(&j.id)? - against.get(&j.id)?))).collect();
+    let decided: Vec<bool> = prefs
+        .iter()
+        .filter_map(|(o, d)| match o {
+            Some(Outcome::Win) => Some(*d > 0.0),
+            Some(Outcome::Loss) => Some(*d < 0.0),
+            _ => None,
+        })
+        .collect();
+    let share = |n: usize, of: usize| (of > 0).then(|| n as f64 / of as f64);
+    RewardAgreement {
+        scored: prefs.len(),
+        decided: Some(decided.len()),
+        agreement: share(decided.iter().filter(|&&a| a).count(), decided.len()),
+        reward_win_rate: share(prefs.iter().filter(|(_, d)| *d > 0.0).count(), prefs.len()),
+        spearman: None,
+    }
+}
+
+/// Spearman's rho: Pearson's correlation of the ranks (ties get their mean rank).
+pub fn spearman(pairs: &[(f64, f64)]) -> Option<f64> {
+    let ranks = |xs: Vec<f64>| {
+        let mut idx: Vec<usize> = (0..xs.len()).collect();
+        idx.sort_by(|&a, &b| xs[a].total_cmp(&xs[b]));
+        let mut r = vec![0f64; xs.len()];
+        let mut i = 0;
+        while i < idx.len() {
+            let j = (i..idx.len()).take_while(|&j| xs[idx[j]] == xs[idx[i]]).last().unwrap_or(i);
+            (i..=j).for_each(|k| r[idx[k]] = (i + j) as f64 / 2.0);
+            i = j + 1;
+        }
+        r
+    };
+    let (a, b) = (ranks(pairs.iter().map(|p| p.0).collect()), ranks(pairs.iter().map(|p| p.1).collect()));
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let (va, vb) = (a.iter().map(|x| (x - ma).powi(2)).sum::<f64>(), b.iter().map(|y| (y - mb).powi(2)).sum::<f64>());
+    (pairs.len() >= 2 && va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
 }
 
 /// `judged.jsonl` (one line per question), `summary.json`, and `report.md` with the
@@ -279,6 +363,20 @@ pub fn write_report(out: &Path, js: &[Judged], s: &Summary) -> Result<()> {
         md.push_str(&format!("Win rate: **{:.1} %** (wins + half of ties and inconsistent, over parsed)\n\n| outcome | count |\n|---|---|\n", 100.0 * w));
         s.outcomes.iter().for_each(|(o, n)| md.push_str(&format!("| {o} | {n} |\n")));
     }
+    if let Some(r) = &s.reward {
+        let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1} %", 100.0 * v));
+        match r.spearman {
+            Some(rho) => md.push_str(&format!("\nReward model: Spearman rho **{rho:.3}** between ratings and rewards over {} answers\n", r.scored)),
+            None if r.decided.is_some() => md.push_str(&format!(
+                "\nReward model: agrees with **{}** of the {} decided verdicts; prefers the answers on {} of {} questions\n",
+                pct(r.agreement),
+                r.decided.unwrap_or(0),
+                pct(r.reward_win_rate),
+                r.scored
+            )),
+            None => md.push_str(&format!("\nReward model: no correlation over {} answers (too few, or one side constant)\n", r.scored)),
+        }
+    }
     for j in js.iter().filter(|j| j.unparsed.is_some()) {
         md.push_str(&format!("\n## Unparseable: {}\n\n```\n{}\n```\n", j.id, j.unparsed.as_deref().unwrap_or("").chars().take(600).collect::<String>()));
     }
@@ -288,6 +386,39 @@ pub fn write_report(out: &Path, js: &[Judged], s: &Summary) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn judged(id: &str, rating: Option<f64>, outcome: Option<Outcome>) -> Judged {
+        Judged { id: id.into(), category: "all".into(), rating, verdicts: None, outcome, unparsed: None }
+    }
+
+    #[test]
+    fn reward_agreement_counts_decided_questions_only() {
+        let js = [
+            judged("1", None, Some(Outcome::Win)),
+            judged("2", None, Some(Outcome::Loss)),
+            judged("3", None, Some(Outcome::Win)),
+            judged("4", None, Some(Outcome::Tie)),
+            judged("5", None, Some(Outcome::Win)),
+        ];
+        let a: HashMap<String, f64> = [("1", 2.0), ("2", 0.0), ("3", -1.0), ("4", 5.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let b: HashMap<String, f64> = [("1", 1.0), ("2", 1.0), ("3", 0.0), ("4", 0.0), ("5", 0.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let r = reward_agreement(&js, &a, Some(&b));
+        // Question 5 has no reward for the answers; 4 is a tie: 3 decided, 1 and 2 agree.
+        assert_eq!((r.scored, r.decided, r.agreement), (4, Some(3), Some(2.0 / 3.0)));
+        assert_eq!(r.reward_win_rate, Some(0.5));
+    }
+
+    #[test]
+    fn spearman_ranks_with_ties() {
+        assert_eq!(spearman(&[(1.0, 10.0), (2.0, 20.0), (3.0, 35.0)]), Some(1.0));
+        assert_eq!(spearman(&[(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]), Some(-1.0));
+        // scipy.stats.spearmanr([1, 2, 2, 3], [1, 3, 2, 4]) = 0.9486832980505138
+        assert!((spearman(&[(1.0, 1.0), (2.0, 3.0), (2.0, 2.0), (3.0, 4.0)]).unwrap() - 0.948_683_298_050_513_8).abs() < 1e-12);
+        assert_eq!(spearman(&[(1.0, 1.0), (1.0, 2.0)]), None, "a constant side has no correlation");
+        let js = [judged("a", Some(3.0), None), judged("b", Some(8.0), None), judged("c", None, None)];
+        let r: HashMap<String, f64> = [("a", -1.0), ("b", 2.0), ("c", 0.0)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        assert_eq!(reward_agreement(&js, &r, None).spearman, Some(1.0));
+    }
 
     #[test]
     fn ratings_and_verdicts_parse_as_fastchat_does() {
