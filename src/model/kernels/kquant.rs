@@ -34,6 +34,23 @@ pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> {
 
 /// One weight row (raw blocks) against one quantized activation row.
 type Dot = unsafe fn(&[u8], &[BlockQ8K]) -> f32;
+/// One weight row against four activation rows, each result equal to `Dot`'s.
+type Dot4 = unsafe fn(&[u8], [&[BlockQ8K]; 4]) -> [f32; 4];
+
+/// The four-row kernel for a K-quant type (Q4_K and Q6_K, the formats of Q4_K_M files),
+/// when this CPU has AVX2.
+fn avx2_dot4(dtype: GgmlDType) -> Option<Dot4> {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        return match dtype {
+            GgmlDType::Q4K => Some(x86::dot_q4k_x4 as Dot4),
+            GgmlDType::Q6K => Some(x86::dot_q6k_x4 as Dot4),
+            _ => None,
+        };
+    }
+    let _ = dtype;
+    None
+}
 
 /// Block bytes and our AVX2 dot product for a K-quant type, when this CPU has AVX2.
 fn avx2_dot(dtype: GgmlDType) -> Option<(usize, Dot)> {
@@ -61,11 +78,21 @@ pub fn matmul(dtype: GgmlDType, w: &[u8], n: usize, k: usize, x: &[f32], m: usiz
     assert!(k.is_multiple_of(QK_K) && x.len() == m * k && w.len() == n * (k / QK_K) * bytes);
     let xq: Vec<Vec<BlockQ8K>> = (0..m).map(|i| quantize_q8k(&x[i * k..(i + 1) * k])).collect();
     let row_bytes = k / QK_K * bytes;
+    let dot4 = avx2_dot4(dtype);
     let mut out_t = vec![0f32; n * m]; // (n, m): each task writes its own weight rows
     const CHUNK: usize = 16;
     out_t.par_chunks_mut(CHUNK * m).zip(w.par_chunks(CHUNK * row_bytes)).for_each(|(dst, rows)| {
         for (out, row) in dst.chunks_mut(m).zip(rows.chunks(row_bytes)) {
-            for (o, xr) in out.iter_mut().zip(&xq) {
+            // Batched decoding: four activation rows share each weight block's unpacking.
+            let mut i = 0;
+            if let Some(dot4) = dot4 {
+                while i + 4 <= m {
+                    // SAFETY: avx2_dot4 checked the features; each row holds k / 256 blocks.
+                    out[i..i + 4].copy_from_slice(&unsafe { dot4(row, [&xq[i], &xq[i + 1], &xq[i + 2], &xq[i + 3]]) });
+                    i += 4;
+                }
+            }
+            for (o, xr) in out[i..].iter_mut().zip(&xq[i..]) {
                 // SAFETY: avx2_dot checked the features; `row` and `xr` hold k / 256 blocks.
                 *o = unsafe { dot(row, xr) };
             }
@@ -268,6 +295,98 @@ mod x86 {
         hsum(acc)
     }
 
+    /// `dot_q4k` of one weight row against 4 activation rows: each block's nibbles and
+    /// scales are unpacked once for all four; every row's sums run in `dot_q4k`'s order, so
+    /// each result is bit-identical to it.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4k_x4(w: &[u8], xs: [&[BlockQ8K]; 4]) -> [f32; 4] {
+        let m4 = _mm256_set1_epi8(0xF);
+        let (mut acc, mut acc_m) = ([_mm256_setzero_ps(); 4], [_mm_setzero_ps(); 4]);
+        for (bi, b) in w.chunks_exact(144).enumerate() {
+            let p = b.as_ptr();
+            let (d, dmin) = f16x2(p);
+            let mins_and_scales = _mm256_cvtepu8_epi16(k4_scales(p.add(4)));
+            let mins = _mm256_extracti128_si256(mins_and_scales, 1);
+            let sc128 = _mm256_castsi256_si128(mins_and_scales);
+            let scales = _mm256_set_m128i(sc128, sc128);
+            let mut sumi = [_mm256_setzero_si256(); 4];
+            let mut q8p = [std::ptr::null::<u8>(); 4];
+            for r in 0..4 {
+                let (q8, yd) = q8k(&xs[r][bi]);
+                q8p[r] = q8;
+                let q8sums = load(q8.add(Q8K_BSUMS));
+                let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
+                acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(-yd * dmin), _mm_cvtepi32_ps(_mm_madd_epi16(mins, q8s)), acc_m[r]);
+            }
+            for j in 0..4 {
+                let q4bits = load(p.add(16 + 32 * j));
+                let q4l = _mm256_and_si256(q4bits, m4);
+                let q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+                let (sl, sh) = (_mm256_shuffle_epi8(scales, shuffle_k4(2 * j)), _mm256_shuffle_epi8(scales, shuffle_k4(2 * j + 1)));
+                for r in 0..4 {
+                    let p16l = _mm256_maddubs_epi16(q4l, load(q8p[r].add(Q8K_QS + 64 * j)));
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(sl, p16l));
+                    let p16h = _mm256_maddubs_epi16(q4h, load(q8p[r].add(Q8K_QS + 64 * j + 32)));
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(sh, p16h));
+                }
+            }
+            for r in 0..4 {
+                let yd = *(q8p[r] as *const f32);
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(yd * d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            }
+        }
+        let mut out = [0f32; 4];
+        for r in 0..4 {
+            let m = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
+            out[r] = hsum(acc[r]) + _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+        }
+        out
+    }
+
+    /// `dot_q6k` of one weight row against 4 activation rows (the weights unpacked once;
+    /// each result bit-identical to `dot_q6k`'s).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q6k_x4(w: &[u8], xs: [&[BlockQ8K]; 4]) -> [f32; 4] {
+        let (m4, m2, m32s) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (bi, b) in w.chunks_exact(210).enumerate() {
+            let p = b.as_ptr();
+            let wd = f16_ptr(p.add(208));
+            let scales = _mm_loadu_si128(p.add(192) as *const __m128i);
+            let q8p: [*const u8; 4] = std::array::from_fn(|r| q8k(&xs[r][bi]).0);
+            let mut sumi = [_mm256_setzero_si256(); 4];
+            for j in 0..2 {
+                let (bits1, bits2, bits_h) = (load(p.add(64 * j)), load(p.add(64 * j + 32)), load(p.add(128 + 32 * j)));
+                let high = |s: usize| _mm256_slli_epi16(_mm256_and_si256(srl(bits_h, s), m2), 4);
+                let qs = [
+                    _mm256_or_si256(_mm256_and_si256(bits1, m4), high(0)),
+                    _mm256_or_si256(_mm256_and_si256(bits2, m4), high(2)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits1, 4), m4), high(4)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits2, 4), m4), high(6)),
+                ];
+                let sc: [__m256i; 4] = std::array::from_fn(|i| {
+                    let s = (8 * j + 2 * i) as i64 * 0x0101010101010101;
+                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, _mm_set_epi64x(s + 0x0101010101010101, s)))
+                });
+                for r in 0..4 {
+                    let mut p16 = [_mm256_setzero_si256(); 4];
+                    for i in 0..4 {
+                        let q8 = load(q8p[r].add(Q8K_QS + 128 * j + 32 * i));
+                        let pr = _mm256_sub_epi16(_mm256_maddubs_epi16(qs[i], q8), _mm256_maddubs_epi16(m32s, q8));
+                        p16[i] = _mm256_madd_epi16(sc[i], pr);
+                    }
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p16[0], p16[1]));
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p16[2], p16[3]));
+                }
+            }
+            for r in 0..4 {
+                let d = *(q8p[r] as *const f32) * wd;
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            }
+        }
+        acc.map(|a| hsum(a))
+    }
+
     /// Q3_K block: 32 bytes of high bits, 64 of 2-bit lows, 12 bytes of 6-bit scales, d.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q3k(w: &[u8], x: &[BlockQ8K]) -> f32 {
@@ -431,6 +550,33 @@ mod tests {
             check_dot::<BlockQ4K>(blocks);
             check_dot::<BlockQ5K>(blocks);
             check_dot::<BlockQ6K>(blocks);
+        }
+    }
+
+    #[test]
+    fn four_row_kernels_equal_the_one_row_dot_bit_for_bit() {
+        let dev = Device::Cpu;
+        let (n, k) = (5, 4 * QK_K);
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let Some(dot4) = avx2_dot4(dtype) else { return };
+            let (bytes, dot) = avx2_dot(dtype).unwrap();
+            let q = QTensor::quantize(&Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap(), dtype).unwrap();
+            let w = q.data().unwrap();
+            let xs: Vec<Vec<BlockQ8K>> = (0..4).map(|i| quantize_q8k(&randn(k, 3.0 + i as f32))).collect();
+            for row in w.chunks(k / QK_K * bytes) {
+                // SAFETY: avx2_dot4 returned Some, so the CPU has AVX2.
+                let four = unsafe { dot4(row, [&xs[0], &xs[1], &xs[2], &xs[3]]) };
+                for (r, x) in xs.iter().enumerate() {
+                    assert_eq!(four[r].to_bits(), unsafe { dot(row, x) }.to_bits(), "{dtype:?} row {r}");
+                }
+            }
+            // Through matmul: 7 rows = one group of four and three single rows.
+            let x = randn(7 * k, 9.0);
+            let got = matmul(dtype, &w, n, k, &x, 7).unwrap();
+            for i in 0..7 {
+                let alone = matmul(dtype, &w, n, k, &x[i * k..(i + 1) * k], 1).unwrap();
+                assert_eq!(got[i * n..(i + 1) * n], alone[..], "{dtype:?} row {i} of 7");
+            }
         }
     }
 
