@@ -506,6 +506,10 @@ fn select_cmd(a: SelectArgs) -> Result<()> {
     let kept = stream_clean(&a.file, &opts)?.enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, r)| r);
     let n = instill::data::write::write_stream(&a.out, kept, instill::data::write::Layout::Messages)?;
     println!("{}: kept {n} of {} by {:?}", a.out.display(), scores.len(), rule.0);
+    let unscored = scores.iter().filter(|s| s.is_none()).count();
+    if unscored > 0 {
+        println!("  {unscored} examples have no score (an indicator missing, e.g. a judge verdict that did not parse) and are not kept");
+    }
     Ok(())
 }
 
