@@ -258,6 +258,19 @@ mod x86 {
         hsum(acc) + summs
     }
 
+    /// Half `j` of a Q6_K block's quants (unsigned, 0..63), as four vectors of 32.
+    #[inline(always)]
+    unsafe fn q6k_quants(p: *const u8, j: usize, m4: __m256i, m2: __m256i) -> [__m256i; 4] {
+        let (bits1, bits2, bits_h) = (load(p.add(64 * j)), load(p.add(64 * j + 32)), load(p.add(128 + 32 * j)));
+        let high = |s: usize| _mm256_slli_epi16(_mm256_and_si256(srl(bits_h, s), m2), 4);
+        [
+            _mm256_or_si256(_mm256_and_si256(bits1, m4), high(0)),
+            _mm256_or_si256(_mm256_and_si256(bits2, m4), high(2)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits1, 4), m4), high(4)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits2, 4), m4), high(6)),
+        ]
+    }
+
     /// Q6_K block: 128 bytes of low nibbles, 64 of 2-bit highs, 16 i8 scales, d (f16).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q6k(w: &[u8], x: &[BlockQ8K]) -> f32 {
@@ -269,14 +282,7 @@ mod x86 {
             let scales = _mm_loadu_si128(p.add(192) as *const __m128i);
             let mut sumi = _mm256_setzero_si256();
             for j in 0..2 {
-                let (bits1, bits2, bits_h) = (load(p.add(64 * j)), load(p.add(64 * j + 32)), load(p.add(128 + 32 * j)));
-                let high = |s: usize| _mm256_slli_epi16(_mm256_and_si256(srl(bits_h, s), m2), 4);
-                let qs = [
-                    _mm256_or_si256(_mm256_and_si256(bits1, m4), high(0)),
-                    _mm256_or_si256(_mm256_and_si256(bits2, m4), high(2)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits1, 4), m4), high(4)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits2, 4), m4), high(6)),
-                ];
+                let qs = q6k_quants(p, j, m4, m2);
                 let mut p16 = [_mm256_setzero_si256(); 4];
                 for (i, q) in qs.into_iter().enumerate() {
                     let q8 = load(q8.add(Q8K_QS + 128 * j + 32 * i));
@@ -356,14 +362,7 @@ mod x86 {
             let q8p: [*const u8; 4] = std::array::from_fn(|r| q8k(&xs[r][bi]).0);
             let mut sumi = [_mm256_setzero_si256(); 4];
             for j in 0..2 {
-                let (bits1, bits2, bits_h) = (load(p.add(64 * j)), load(p.add(64 * j + 32)), load(p.add(128 + 32 * j)));
-                let high = |s: usize| _mm256_slli_epi16(_mm256_and_si256(srl(bits_h, s), m2), 4);
-                let qs = [
-                    _mm256_or_si256(_mm256_and_si256(bits1, m4), high(0)),
-                    _mm256_or_si256(_mm256_and_si256(bits2, m4), high(2)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits1, 4), m4), high(4)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits2, 4), m4), high(6)),
-                ];
+                let qs = q6k_quants(p, j, m4, m2);
                 let sc: [__m256i; 4] = std::array::from_fn(|i| {
                     let s = (8 * j + 2 * i) as i64 * 0x0101010101010101;
                     _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, _mm_set_epi64x(s + 0x0101010101010101, s)))
