@@ -9,9 +9,14 @@ set -euo pipefail
 bin=./target/release/instill
 gen=qwen2.5-coder-1.5b-instruct
 mkdir -p runs/synth reports
+# Stage files an earlier, unfinished run left in results/partial/ (committed so that a fresh
+# machine continues it instead of starting over).
+for w in experiments/synthesis/results/partial/*.work; do
+  [ -d "$w" ] && [ ! -d "runs/synth/$(basename "$w")" ] && cp -r "$w" runs/synth/
+done
 clean=(--near-dup 0.8 --decontaminate ../shared/data/superni/eval_dev.jsonl --decontaminate ../shared/data/eval/user_oriented_instructions.jsonl)
 # 1. Synthesis (the curation counts are in runs/synth/*.jsonl.report.json).
-$bin synth magpie -m $gen --n 640 --max-new-tokens 384 "${clean[@]}" --out runs/synth/magpie.jsonl
+$bin synth magpie -m $gen --n 900 --max-new-tokens 384 "${clean[@]}" --out runs/synth/magpie.jsonl
 $bin synth self-instruct -m $gen --input ../shared/data/eval/seed_tasks.jsonl --n 640 --max-new-tokens 384 "${clean[@]}" --out runs/synth/si.jsonl
 # 2. Equal-sized arms: N = the smaller synthesized set, at most 500.
 n=$(( $(wc -l < runs/synth/magpie.jsonl) < $(wc -l < runs/synth/si.jsonl) ? $(wc -l < runs/synth/magpie.jsonl) : $(wc -l < runs/synth/si.jsonl) ))
