@@ -16,7 +16,7 @@ bin=./target/release/instill
 gen=${GEN:-smollm2-135m-instruct}
 judge=${JUDGE:-qwen2.5-coder-0.5b-instruct}
 out=${OUT:-runs/synth}
-n_magpie=${N_MAGPIE:-200} n_si=${N_SI:-150} per_task=${PER_TASK:-1} uo_limit=${UO_LIMIT:-40} judge_limit=${JUDGE_LIMIT:-40} epochs=${EPOCHS:-2}
+n_magpie=${N_MAGPIE:-200} n_si=${N_SI:-150} per_task=${PER_TASK:-1} uo_limit=${UO_LIMIT:-20} judge_limit=${JUDGE_LIMIT:-20} epochs=${EPOCHS:-2}
 tag=$(basename "$out")
 mkdir -p "$out" reports
 if [ "$gen" = qwen2.5-coder-1.5b-instruct ] && [ -d experiments/synthesis/results/partial-1.5b/magpie.jsonl.work ] && [ ! -d "$out/magpie.jsonl.work" ]; then
@@ -46,8 +46,8 @@ for arm in magpie si alpaca; do
 done
 $bin eval compare "reports/$tag-alpaca" "reports/$tag-magpie" "reports/$tag-si" --out "reports/$tag-compare"
 # 4. Answers to the held-out user-oriented instructions, judged pairwise against the Alpaca arm.
-jq -c '{id, prompt: (.instruction + (if (.instances[0].input // "") == "" then "" else "\n\n" + .instances[0].input end)), reference: .instances[0].output}' \
-    ../shared/data/eval/user_oriented_instructions.jsonl | head -n "$uo_limit" > "$out/user_oriented.jsonl"
+jq -c -s --argjson n "$uo_limit" '.[:$n][] | {id, prompt: (.instruction + (if (.instances[0].input // "") == "" then "" else "\n\n" + .instances[0].input end)), reference: .instances[0].output}' \
+    ../shared/data/eval/user_oriented_instructions.jsonl > "$out/user_oriented.jsonl"
 for arm in magpie si alpaca; do
   $bin eval generic -m gemma3-270m --adapter "runs/$tag-$arm/adapter" --template alpaca --data "$out/user_oriented.jsonl" \
       --metrics rougeL --max-new-tokens 256 --batch-size 16 --out "reports/$tag-uo-$arm"

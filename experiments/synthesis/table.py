@@ -19,9 +19,9 @@ for arm in ("alpaca", "magpie", "si"):
     s, u = load(f"reports/{tag}-{arm}/scores.json"), load(f"reports/{tag}-uo-{arm}/scores.json")
     j = load(f"reports/{tag}-judge-{arm}-vs-alpaca/summary.json")
     sc = s["overall"]["scores"] if s else {}
-    cell = lambda k: f"{100 * sc[k]:.1f}" if k in sc else "-"
+    cell = lambda k: f"{sc[k]:.1f}" if k in sc else "-"
     em = next((k for k in sc if "exact" in k.lower()), None)
-    uo = f"{100 * u['overall']['scores'].get('rougeL', float('nan')):.1f} ({u['overall']['n']})" if u else "-"
+    uo = f"{u['overall']['scores'].get('rougeL', float('nan')):.1f} ({u['overall']['n']})" if u else "-"
     if j:
         o = j["outcomes"]
         jt = f"{o.get('win', 0)} / {o.get('tie', 0)} / {o.get('inconsistent', 0)} / {o.get('loss', 0)} ({o.get('unparsed', 0)})"
