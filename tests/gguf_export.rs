@@ -17,6 +17,21 @@ use std::process::Command;
 
 const PROMPT: &str = "Name the three primary colors and say one thing about each.";
 const N: usize = 32;
+/// How closely llama.cpp's logits must match instill's on the same file (`assert_agree`),
+/// per generated position: the KL divergence of the two next-token distributions (mean and
+/// worst, nats) and the largest |logit difference|. Measured on an AVX-512 Xeon (SmolLM2,
+/// Qwen2.5 0.5B, gemma3-270m): f16 KL <= 1.8e-5, |diff| <= 0.048; q8_0, where llama.cpp
+/// also quantizes the activations to 8 bits per 32 values, KL mean <= 3.9e-3, worst
+/// 1.7e-2, |diff| <= 1.8 (one logit in the vocabulary). The bounds leave 5-50x of that
+/// for other CPUs' kernels; a wrong export (a tensor layout, a rope or norm setting) moves
+/// whole distributions, not their last bits.
+struct Tol {
+    kl_mean: f64,
+    kl_max: f64,
+    abs_max: f32,
+}
+const TOL_F16: Tol = Tol { kl_mean: 1e-4, kl_max: 1e-3, abs_max: 0.25 };
+const TOL_Q8_0: Tol = Tol { kl_mean: 0.02, kl_max: 0.1, abs_max: 5.0 };
 
 fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("INSTILL_PY") {
@@ -53,20 +68,63 @@ fn greedy(model: &CausalLm, tok: &Tokenizer, ids: &[u32], n: usize) -> Vec<u32> 
     generate(model, tok, &[ids.to_vec()], &opts, &mut |_, _| {}).unwrap().remove(0).tokens
 }
 
-/// Two engines' greedy tokens agree, or part only at a near-tie: from the first token where
-/// they differ on, each follows its own choice, so only that one is checked. It must come
-/// after the first 8, and instill's logit for llama.cpp's token must be within 0.5 of its
-/// own choice (a wrong export gives a different distribution, not a tie: the tensors
-/// themselves are checked byte for byte in `smollm2_every_quant_bytes_and_reload`).
-fn assert_agree(model: &CausalLm, prompt: &[u32], ours: &[u32], theirs: &[u32], what: &str) {
-    let Some(i) = ours.iter().zip(theirs).position(|(a, b)| a != b) else { return };
-    assert!(i >= 8, "{what}: greedy tokens part at token {i}:\n{ours:?}\n{theirs:?}");
-    let ctx: Vec<u32> = prompt.iter().chain(&ours[..i]).copied().collect();
-    let logits = model.forward(&instill::model::Batch::single(&ctx, 0), None, instill::model::LogitsFor::Last).unwrap();
-    let logits = logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
-    let gap = logits[ours[i] as usize] - logits[theirs[i] as usize];
-    eprintln!("{what}: tokens part at {i}, logit gap {gap}");
-    assert!(gap.abs() < 0.5, "{what}: greedy tokens part at token {i} with a logit gap of {gap}:\n{ours:?}\n{theirs:?}");
+/// Both engines' logits, teacher-forced on `seq` (rows: positions, columns: vocabulary).
+fn both_logits(model: &CausalLm, gguf: &Path, seq: &[u32]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let ours = model.forward(&instill::model::Batch::single(seq, 0), None, instill::model::LogitsFor::All).unwrap();
+    let ours = ours.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+    let out = gguf.with_extension("logits.f32");
+    let ids = serde_json::to_string(seq).unwrap();
+    let r = py(&["logits", gguf.to_str().unwrap(), &ids, out.to_str().unwrap()]);
+    let v = r["n_vocab"].as_u64().unwrap() as usize;
+    let bytes = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    let flat: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let theirs: Vec<Vec<f32>> = flat.chunks(v).map(<[f32]>::to_vec).collect();
+    assert_eq!((theirs.len(), v), (ours.len(), ours[0].len()), "llama.cpp's logits have another shape");
+    (ours, theirs)
+}
+
+/// KL(p || q) of the softmax distributions of two logit rows, in nats.
+fn kl(p: &[f32], q: &[f32]) -> f64 {
+    let lse = |v: &[f32]| {
+        let m = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+    };
+    let (lp, lq) = (lse(p), lse(q));
+    p.iter()
+        .zip(q)
+        .map(|(&x, &y)| {
+            let (a, b) = (x as f64 - lp, y as f64 - lq);
+            a.exp() * (a - b)
+        })
+        .sum()
+}
+
+/// The two engines compute the same function on this file: teacher-forced on the prompt
+/// and instill's greedy tokens, the next-token distributions agree at every generated
+/// position within `tol` (their kernels round differently, and how depends on the CPU).
+/// Greedy tokens may still part at a near-tie (from there each engine follows its own
+/// choice); the bounds above hold at that position too, so the parting is only reported.
+fn assert_agree(model: &CausalLm, gguf: &Path, prompt: &[u32], ours: &[u32], theirs: &[u32], tol: &Tol, what: &str) {
+    let seq: Vec<u32> = prompt.iter().chain(ours).copied().collect();
+    let (a, b) = both_logits(model, gguf, &seq);
+    let gen = prompt.len() - 1..seq.len() - 1;
+    let abs: Vec<f32> = gen.clone().map(|p| a[p].iter().zip(&b[p]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)).collect();
+    let kls: Vec<f64> = gen.clone().map(|p| kl(&a[p], &b[p])).collect();
+    let (kl_mean, kl_max) = (kls.iter().sum::<f64>() / kls.len() as f64, kls.iter().copied().fold(0f64, f64::max));
+    let abs_max = abs.iter().copied().fold(0f32, f32::max);
+    eprintln!("{what}: over {} generated positions KL mean {kl_mean:.2e}, worst {kl_max:.2e}; max |logit difference| {abs_max:.4}", gen.len());
+    assert!(
+        kl_mean <= tol.kl_mean && kl_max <= tol.kl_max && abs_max <= tol.abs_max,
+        "{what}: instill's and llama.cpp's logits disagree: KL mean {kl_mean:.3e} (bound {}), worst {kl_max:.3e} (bound {}), max |difference| {abs_max} (bound {})",
+        tol.kl_mean,
+        tol.kl_max,
+        tol.abs_max
+    );
+    let Some(i) = ours.iter().zip(theirs).position(|(x, y)| x != y) else { return };
+    let p = gen.start + i;
+    let (x, y) = (ours[i] as usize, theirs[i] as usize);
+    eprintln!("{what}: greedy tokens part at {i} ({x} vs {y}); gaps instill {:.4}, llama.cpp {:.4}", a[p][x] - a[p][y], b[p][y] - b[p][x]);
 }
 
 fn llama_cpp_greedy(gguf: &Path, ids: &[u32], lora: Option<&Path>) -> Vec<u32> {
@@ -125,22 +183,23 @@ fn smollm2_every_quant_bytes_and_reload() {
 }
 
 /// llama.cpp loads the f16, q8_0 and q4_k_m exports of each family; on f16 and q8_0 its
-/// greedy 32 tokens equal instill's on the same file, or part only at a near-tie.
+/// logits match instill's on the same file (`assert_agree`), and so do its greedy tokens
+/// up to a near-tie.
 fn llama_cpp_matches(id: &str) {
     let dir = tmpdir(&format!("gguf-{id}"));
     let src = source(id);
     let (model, tok) = load(&src);
     let ids = prompt_ids(&tok);
-    for q in ["f16", "q8_0", "q4_k_m"] {
+    for (q, tol) in [("f16", Some(&TOL_F16)), ("q8_0", Some(&TOL_Q8_0)), ("q4_k_m", None)] {
         let out = dir.join(format!("{q}.gguf"));
         export(&model, &src, &tok, q, &out);
         let theirs = llama_cpp_greedy(&out, &ids, None);
         assert_eq!(theirs.len(), N, "{id} {q}: llama.cpp gave {theirs:?}");
-        if q != "q4_k_m" {
+        if let Some(tol) = tol {
             let (m2, t2) = load(&ModelSource::Gguf(out.clone()));
             let ours = greedy(&m2, &t2, &ids, N);
             eprintln!("{id} {q}: instill {ours:?}\n{id} {q}: llama.cpp {theirs:?}");
-            assert_agree(&m2, &ids, &ours, &theirs, &format!("{id} {q}"));
+            assert_agree(&m2, &out, &ids, &ours, &theirs, tol, &format!("{id} {q}"));
         }
         let _ = std::fs::remove_file(&out);
     }
