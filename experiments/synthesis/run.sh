@@ -22,10 +22,9 @@ mkdir -p "$out" reports
 if [ "$gen" = qwen2.5-coder-1.5b-instruct ] && [ -d experiments/synthesis/results/partial-1.5b/magpie.jsonl.work ] && [ ! -d "$out/magpie.jsonl.work" ]; then
   cp -r experiments/synthesis/results/partial-1.5b/magpie.jsonl.work "$out/"
 fi
-# The held-out judge prompts as Alpaca records (instruction, input, output), for decontamination.
-jq -c '{instruction, input: (.instances[0].input // ""), output: (.instances[0].output // "")}' \
-    ../shared/data/eval/user_oriented_instructions.jsonl > "$out/user_oriented.alpaca.jsonl"
-clean=(--near-dup 0.8 --decontaminate ../shared/data/superni/eval_dev.jsonl --decontaminate "$out/user_oriented.alpaca.jsonl")
+# Decontaminated against the held-out SuperNI instances and the judge prompts (read in
+# Self-Instruct's task layout, every instance).
+clean=(--near-dup 0.8 --decontaminate ../shared/data/superni/eval_dev.jsonl --decontaminate ../shared/data/eval/user_oriented_instructions.jsonl)
 # 1. Synthesis (the curation counts are in $out/*.jsonl.report.json).
 $bin synth magpie -m "$gen" --n "$n_magpie" --max-new-tokens 384 "${clean[@]}" --out "$out/magpie.jsonl"
 $bin synth self-instruct -m "$gen" --input ../shared/data/eval/seed_tasks.jsonl --n "$n_si" --max-new-tokens 384 "${clean[@]}" --out "$out/si.jsonl"

@@ -160,7 +160,7 @@ pub struct ConvertArgs {
 #[derive(Args, Clone)]
 pub struct ReadArgs {
     /// Layout (default: detected): alpaca, sharegpt, messages, gsm8k, superni, superni-task,
-    /// sharegpt-preference, messages-preference, trl-preference, hh-rlhf, kto.
+    /// self-instruct, sharegpt-preference, messages-preference, trl-preference, hh-rlhf, kto.
     #[arg(long)]
     pub format: Option<String>,
     /// Rename a field before reading: FROM=TO (repeatable), e.g. --map prompt=instruction.

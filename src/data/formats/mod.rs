@@ -5,6 +5,7 @@ pub mod gsm8k;
 pub mod messages;
 pub mod preference;
 pub mod scored;
+pub mod self_instruct;
 pub mod sharegpt;
 pub mod superni;
 
@@ -34,6 +35,7 @@ pub static FORMATS: &[&dyn Format] = &[
     &scored::Scored,
     &superni::SuperNiTask,
     &superni::SuperNiInstance,
+    &self_instruct::SelfInstructTask,
     &sharegpt::ShareGpt,
     &messages::Messages,
     &gsm8k::Gsm8k,
