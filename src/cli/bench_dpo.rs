@@ -93,7 +93,7 @@ fn read_set(path: &Path) -> Result<(Set, u32)> {
     let n = seqs.len() / 2;
     let units: Vec<Unit> = (0..n).map(|i| Unit { seqs: vec![2 * i, 2 * i + 1], kl: None }).collect();
     let unit_of = (0..2 * n).map(|i| i / 2).collect();
-    Ok((Set { seqs, units, unit_of, file_of: vec![0; n], files: vec![path.to_path_buf()] }, v["pad"].as_u64().unwrap_or(0) as u32))
+    Ok((Set { seqs, units, unit_of, file_of: vec![0; n], files: vec![path.to_path_buf()], world: vec![None; n] }, v["pad"].as_u64().unwrap_or(0) as u32))
 }
 
 /// One instill configuration: the reference pre-pass, then the epoch of steps.

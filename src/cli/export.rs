@@ -86,8 +86,10 @@ fn load_merged(mut margs: ModelArgs) -> Result<(instill::CausalLm, instill::Toke
     let adapter = margs.adapter.take();
     let (mut model, tok) = margs.load()?;
     if let Some(dir) = adapter {
-        if instill::peft::peft_type(&dir)? == "PROMPT_TUNING" {
-            bail!("{}: a prompt-tuning adapter cannot be merged into the weights; use it with --adapter", dir.display());
+        match instill::peft::peft_type(&dir)?.as_str() {
+            "PROMPT_TUNING" => bail!("{}: a prompt-tuning adapter cannot be merged into the weights; use it with --adapter", dir.display()),
+            "LORAMOE" => bail!("{}: a LoRAMoE adapter cannot be merged into the weights (its router mixes the experts differently for every token); use it with --adapter", dir.display()),
+            _ => {}
         }
         instill::peft::lora::Lora::load(&mut model, &dir)?.merge_into(&mut model)?;
     }

@@ -3,6 +3,8 @@ pub mod full;
 pub mod head;
 pub mod lora;
 mod lora_op;
+pub mod loramoe;
+mod loramoe_balance;
 pub mod multi;
 pub mod prompt;
 
@@ -28,19 +30,42 @@ pub trait Adapter {
     fn set_enabled(&self, _on: bool) -> Result<()> {
         Err(crate::Error::Input(format!("{}: this method cannot be switched off; `reference: base` needs a LoRA adapter", self.method())))
     }
+    /// Forget what the last training forward pass recorded for [`Adapter::aux_loss`]
+    /// (called before each micro-batch's forward).
+    fn clear_aux(&self) {}
+    /// A loss term of the method's own over the training forward pass just run, with
+    /// statistics (LoRAMoE's balancing constraint and router statistics); None: none.
+    fn aux_loss(&self, _groups: &TokenGroups) -> Result<Option<AuxLoss>> {
+        Ok(None)
+    }
     /// Full and partial tuning (for Half Fine-Tuning's stages).
     fn as_full(&self) -> Option<&full::Full> {
         None
     }
 }
 
-/// Load an adapter directory in PEFT's layout onto `model`: LoRA or prompt tuning,
-/// by its `adapter_config.json`.
+/// Which sample each token of a forward pass belongs to, row-major over the batch
+/// (`u32::MAX` for padding), and each sample's data type (world knowledge: true).
+pub struct TokenGroups {
+    pub seq_of: Vec<u32>,
+    pub world: Vec<Option<bool>>,
+}
+
+/// A method's own loss term (a scalar tensor in the graph) and its statistics as
+/// (name, sum, count).
+pub struct AuxLoss {
+    pub loss: candle_core::Tensor,
+    pub stats: Vec<(String, f64, f64)>,
+}
+
+/// Load an adapter directory in PEFT's layout onto `model`: LoRA, LoRAMoE or prompt
+/// tuning, by its `adapter_config.json`.
 pub fn load_adapter(model: &mut crate::CausalLm, dir: &Path) -> Result<Box<dyn Adapter>> {
     match peft_type(dir)?.as_str() {
         "LORA" => Ok(Box::new(lora::Lora::load(model, dir)?)),
+        "LORAMOE" => Ok(Box::new(loramoe::Loramoe::load(model, dir)?)),
         "PROMPT_TUNING" => Ok(Box::new(prompt::PromptTuning::load(model, dir)?)),
-        other => Err(crate::Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA and PROMPT_TUNING adapters"))),
+        other => Err(crate::Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA, LORAMOE and PROMPT_TUNING adapters"))),
     }
 }
 

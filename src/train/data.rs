@@ -39,12 +39,15 @@ pub struct Set {
     pub unit_of: Vec<usize>,
     /// The data file (index into `files`) of each unit.
     pub file_of: Vec<usize>,
+    /// Each unit's data type where the method reads one (LoRAMoE: world knowledge true).
+    pub world: Vec<Option<bool>>,
     pub files: Vec<std::path::PathBuf>,
 }
 
 impl Set {
-    fn push(&mut self, seqs: Vec<Tokenized>, file: usize) {
+    fn push(&mut self, seqs: Vec<Tokenized>, file: usize, world: Option<bool>) {
         let u = self.units.len();
+        self.world.push(world);
         let ids: Vec<usize> = (self.seqs.len()..self.seqs.len() + seqs.len()).collect();
         self.unit_of.extend(std::iter::repeat_n(u, seqs.len()));
         self.seqs.extend(seqs);
@@ -64,6 +67,18 @@ impl Set {
         out
     }
 
+    /// Which sample of `rows` each token belongs to and each sample's data type, for a
+    /// method's own loss over the batch (`Adapter::aux_loss`).
+    pub fn token_groups(&self, rows: &Rows) -> crate::peft::TokenGroups {
+        let (mut seq_of, mut world) = (vec![], vec![]);
+        for (r, ex) in rows.examples.iter().enumerate() {
+            let base = world.len() as u32;
+            seq_of.extend(rows.batch.segments[r].iter().map(|&s| if s == u32::MAX { s } else { base + s }));
+            world.extend(ex.iter().map(|&g| self.unit_of.get(g).and_then(|&u| self.world.get(u).copied().flatten())));
+        }
+        crate::peft::TokenGroups { seq_of, world }
+    }
+
     /// `file:line` of each unit in `units` (for errors that must name records).
     pub fn origins(&self, units: &[usize]) -> Vec<String> {
         units.iter().map(|&u| format!("{}:{}", self.files[self.file_of[u]].display(), self.seqs[self.units[u].seqs[0]].record)).collect()
@@ -74,10 +89,11 @@ impl Set {
         let (mut a, mut b) = (Set { files: self.files.clone(), ..Default::default() }, Set { files: self.files.clone(), ..Default::default() });
         for (u, unit) in self.units.iter().enumerate() {
             let seqs = unit.seqs.iter().map(|&i| self.seqs[i].clone()).collect();
+            let w = self.world[u];
             if keep(u) {
-                a.push(seqs, self.file_of[u])
+                a.push(seqs, self.file_of[u], w)
             } else {
-                b.push(seqs, self.file_of[u])
+                b.push(seqs, self.file_of[u], w)
             }
         }
         (a, b)
@@ -157,16 +173,21 @@ fn read_all(sources: &[DataSource], recipe: &Recipe, tok: &Tokenizer, tmpl: &Cha
         if let Some(t) = seqs.iter().find(|t| t.scores.len() != seqs[0].scores.len() && kind == Data::Scored) {
             return Err(Error::file(&s.path, format!("line/record {}: {} scores where the first record has {}", t.record, t.scores.len(), seqs[0].scores.len())));
         }
+        let types = data_types(recipe, s, &file)?;
         let mut it = seqs.into_iter().peekable();
         while it.peek().is_some() {
             let unit: Vec<Tokenized> = it.by_ref().take(width).collect();
+            let world = match &types {
+                Some(t) => t.of(&s.path, unit[0].record)?,
+                None => None,
+            };
             counts.examples += 1;
             let long = unit.iter().any(|t| t.ids.len() > recipe.max_len);
             let fitted: Option<Vec<Tokenized>> = unit.into_iter().map(|t| fit(t, recipe.max_len, recipe.truncation)).collect();
             match fitted {
                 Some(u) if u.iter().all(|t| t.mask.iter().skip(1).any(|&m| m)) => {
                     counts.truncated += usize::from(long);
-                    out.push(u, i);
+                    out.push(u, i, world);
                 }
                 Some(_) => counts.no_target += 1,
                 None => counts.dropped += 1,
@@ -174,6 +195,46 @@ fn read_all(sources: &[DataSource], recipe: &Recipe, tok: &Tokenizer, tmpl: &Cha
         }
     }
     Ok(out)
+}
+
+/// The data types of a file's records (LoRAMoE's world-knowledge / task label): each
+/// record's `loramoe.type_field`, else the source's `task_type`.
+struct DataTypes {
+    records: std::collections::HashMap<u32, bool>,
+    default: Option<bool>,
+    field: String,
+    required: bool,
+}
+
+impl DataTypes {
+    fn of(&self, path: &std::path::Path, record: u32) -> Result<Option<bool>> {
+        match (self.records.get(&record).copied().or(self.default), self.required) {
+            (None, true) => Err(Error::file(
+                path,
+                format!("line/record {record}: no `{}` (1 or \"world\": world knowledge, 0 or \"task\"), which loramoe.balance_weight needs; or set `task_type` on the data source", self.field),
+            )),
+            (w, _) => Ok(w),
+        }
+    }
+}
+
+/// Read the data types when the method uses them (LoRAMoE); None otherwise.
+fn data_types(recipe: &Recipe, s: &DataSource, file: &std::path::Path) -> Result<Option<DataTypes>> {
+    if recipe.method != super::recipe::Method::Loramoe {
+        return Ok(None);
+    }
+    let field = recipe.loramoe.type_field.clone();
+    let parse = |v: &serde_json::Value| crate::peft::loramoe::parse_type(v);
+    let default = s.task_type.as_ref().map(parse).transpose().map_err(|e| Error::file(&s.path, format!("task_type: {e}")))?;
+    let mut records = std::collections::HashMap::new();
+    for (origin, v) in crate::data::read::values(file)? {
+        let Ok(v) = v else { continue };
+        if let Some(t) = v.get(&field).filter(|t| !t.is_null()) {
+            let w = parse(t).map_err(|e| Error::file(&s.path, format!("line/record {}: {field}: {e}", origin.index)))?;
+            records.insert(origin.index as u32, w);
+        }
+    }
+    Ok(Some(DataTypes { records, default, field, required: recipe.loramoe.balance_weight > 0.0 }))
 }
 
 fn side_name(t: &Tokenized) -> &'static str {

@@ -7,6 +7,7 @@ use super::schedule::Schedule;
 use crate::data::render::{LossOn, Truncation};
 use crate::peft::full::FullConfig;
 use crate::peft::lora::LoraConfig;
+use crate::peft::loramoe::LoramoeConfig;
 use crate::peft::prompt::PromptConfig;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,9 @@ pub struct Recipe {
     /// For `method: prompt`: soft-prompt length and initialisation.
     #[serde(default)]
     pub prompt: PromptConfig,
+    /// For `method: loramoe`: experts, rank, router, balancing constraint.
+    #[serde(default)]
+    pub loramoe: LoramoeConfig,
     #[serde(default = "default_lr")]
     pub lr: f64,
     #[serde(default)]
@@ -143,6 +147,10 @@ pub struct DataSource {
     pub format: Option<String>,
     #[serde(default)]
     pub skip_invalid: bool,
+    /// LoRAMoE's data type for records of this file that carry none (1 or "world":
+    /// world knowledge; 0 or "task").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +180,8 @@ pub enum Method {
     Full,
     /// Prompt tuning: trainable soft-prompt vectors before every sequence.
     Prompt,
+    /// LoRAMoE: LoRA experts mixed by a router, with the localized balancing constraint.
+    Loramoe,
 }
 
 fn default_objective() -> String {
@@ -264,6 +274,15 @@ impl Recipe {
         }
         if self.init_adapter.is_some() && self.method == Method::Full {
             return Err("init_adapter: full tuning starts from `model`; an adapter starts LoRA or prompt tuning".into());
+        }
+        if self.method == Method::Loramoe {
+            self.loramoe.check().map_err(|e| e.to_string())?;
+        }
+        if self.method == Method::Loramoe && self.loramoe.balance_weight > 0.0 && self.gradient_checkpointing {
+            return Err("gradient_checkpointing: LoRAMoE's balancing constraint needs the router weights of the forward pass itself; turn one off".into());
+        }
+        if self.method == Method::Loramoe && self.objective.starts_with("reward") {
+            return Err("method: a reward model is saved as a sequence-classification model, which LoRAMoE's router cannot be merged into; use lora or full".into());
         }
         if self.max_steps == Some(0) {
             return Err("max_steps: must be at least 1".into());

@@ -36,16 +36,24 @@ pub fn objective_step(obj: &dyn Objective, ctx: &Ctx, micro: &[Rows], params: &[
     }
     let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
     let (mut loss, mut tokens, mut stats) = (0f64, 0usize, Stats::default());
+    let busy = weights.iter().filter(|&&w| w > 0).count();
     for (rows, &w) in micro.iter().zip(&weights) {
         tokens += rows.batch.valid.iter().flatten().filter(|&&v| v).count();
         if w == 0 {
             continue;
         }
+        ctx.adapter.inspect(|a| a.clear_aux());
         let out = obj.loss(ctx, rows)?;
         stats.merge(out.stats);
-        let mean_part = (out.loss / total as f64)?;
+        let mut mean_part = (out.loss / total as f64)?;
         let part = mean_part.to_scalar::<f32>()? as f64;
         loss += part;
+        // The method's own term (LoRAMoE's balancing), averaged over the micro-batches;
+        // reported in the statistics, not in `loss` (which stays the objective's).
+        if let Some(aux) = ctx.adapter.map(|a| a.aux_loss(&ctx.set.token_groups(rows))).transpose()?.flatten() {
+            aux.stats.iter().for_each(|(k, s, n)| stats.add(k, *s, *n));
+            mean_part = (mean_part + (aux.loss / busy as f64)?)?;
+        }
         if !part.is_finite() {
             // No backward pass: the caller stops the run before anything is updated.
             continue;

@@ -10,7 +10,7 @@ use super::optim::AdamW;
 use super::recipe::{Method, Recipe};
 use super::reference::{self, Reference};
 use super::step::{clip_grad_norm, evaluate, objective_step};
-use crate::peft::{full::Full, head::ScoreHead, lora::Lora, prompt::PromptTuning, Adapter};
+use crate::peft::{full::Full, head::ScoreHead, lora::Lora, loramoe::Loramoe, prompt::PromptTuning, Adapter};
 use crate::tokenizer::Tokenizer;
 use crate::{CausalLm, Error, LoadOptions, Result};
 use candle_core::Var;
@@ -67,7 +67,7 @@ pub type OnEvent<'a> = &'a mut dyn FnMut(Event);
 pub fn final_dir(m: Method, objective: &str) -> &'static str {
     match m {
         _ if objective.starts_with("reward") => "model",
-        Method::Lora | Method::Prompt => "adapter",
+        Method::Lora | Method::Prompt | Method::Loramoe => "adapter",
         Method::Full => "model",
     }
 }
@@ -157,6 +157,10 @@ fn attach(recipe: &Recipe, model: &mut CausalLm, tok: &Tokenizer, latest: Option
             None => Lora::attach(model, &recipe.lora, recipe.seed)?,
         }),
         Method::Full => Box::new(Full::attach(model, tok, &recipe.full)?),
+        Method::Loramoe => Box::new(match from {
+            Some(dir) => Loramoe::load(model, dir)?,
+            None => Loramoe::attach(model, &recipe.loramoe, recipe.seed)?,
+        }),
         Method::Prompt => Box::new(match from {
             Some(dir) => PromptTuning::load(model, dir)?,
             None => PromptTuning::attach(model, tok, &recipe.prompt, recipe.seed)?,
@@ -290,6 +294,6 @@ fn save_result(recipe: &Recipe, run: &Run, dir: &Path) -> Result<()> {
             crate::model::reward::RewardModel::save(&base, &head, &attributes, &run.tok, &run.template, dir)
         }
         Method::Full => crate::model::reward::RewardModel::save(&run.model, &head, &attributes, &run.tok, &run.template, dir),
-        Method::Prompt => Err(Error::Input("a reward model with prompt tuning cannot be saved as a sequence-classification model; use method lora or full".into())),
+        Method::Prompt | Method::Loramoe => Err(Error::Input(format!("a reward model with {} cannot be saved as a sequence-classification model; use method lora or full", run.adapter.method()))),
     }
 }
