@@ -45,7 +45,7 @@ fn set_of(seqs: Vec<Tokenized>, units: Vec<Unit>) -> Set {
         unit.seqs.iter().for_each(|&s| unit_of[s] = u);
     }
     let n = units.len();
-    Set { seqs, units, unit_of, file_of: vec![0; n], files: vec!["fixture".into()] }
+    Set { seqs, units, unit_of, file_of: vec![0; n], files: vec!["fixture".into()], world: vec![None; n] }
 }
 
 /// ||a - b|| / ||b||, or the absolute difference where the reference is ~0.

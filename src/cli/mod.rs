@@ -16,6 +16,7 @@ mod eval;
 mod export;
 mod fetch;
 mod generate;
+mod graft;
 mod inspect;
 mod judge;
 mod merge;
@@ -67,6 +68,8 @@ enum Cmd {
     Export(export::ExportArgs),
     /// Merge models as a mergekit YAML describes (linear, task_arithmetic, ties, dare, della, breadcrumbs, model_stock, slerp, nuslerp, passthrough).
     Merge(merge::MergeArgs),
+    /// Add sparse fine-tuning deltas (method: sparse) to a base model, composing several and reporting conflicts.
+    Graft(graft::GraftArgs),
     /// Write a task vector (tuned - base), usable as a model in a merge YAML.
     TaskVector(merge::TaskVectorArgs),
     /// Evaluate a model (with an adapter) on SuperNI, GSM8K or any JSONL; compare reports.
@@ -100,7 +103,7 @@ pub struct ModelArgs {
     /// Dequantize GGUF weights to f32 (reference numerics; slower, more memory).
     #[arg(long)]
     pub dequantize: bool,
-    /// An adapter directory in PEFT's layout (LoRA or prompt tuning, e.g. runs/NAME/adapter).
+    /// An adapter directory (LoRA, LoRAMoE, prompt tuning or a sparse delta, e.g. runs/NAME/adapter).
     #[arg(long)]
     pub adapter: Option<std::path::PathBuf>,
 }
@@ -148,6 +151,7 @@ pub fn run() -> Result<()> {
         Cmd::Export(a) => export::run(a),
         Cmd::Merge(a) => merge::run(a),
         Cmd::TaskVector(a) => merge::task_vector(a),
+        Cmd::Graft(a) => graft::run(a),
         Cmd::Train(a) => train::run(a, false),
         Cmd::Sft(a) => train::run(a, true),
         Cmd::Data(d) => data::run(d),

@@ -23,7 +23,8 @@ pub struct TrainArgs {
 /// Run a recipe; `sft_only` is `instill sft`, which refuses other objectives.
 pub fn run(a: TrainArgs, sft_only: bool) -> Result<()> {
     let recipe = match (&a.resume, &a.recipe) {
-        (Some(run), _) => Recipe::load(&run.join("recipe.yaml"), &a.sets)?,
+        // The run continues where it is, even if its directory was moved or copied.
+        (Some(run), _) => Recipe { output_dir: Some(run.clone()), ..Recipe::load(&run.join("recipe.yaml"), &a.sets)? },
         (None, Some(r)) => Recipe::load(r, &a.sets)?,
         (None, None) => bail!("give a recipe (instill train recipes/dpo-smollm2.yaml) or --resume RUN_DIR"),
     };

@@ -40,8 +40,15 @@ pub struct Full {
     stage: RefCell<Option<usize>>,
 }
 
+/// Compile the weight-name regexes of recipe key `key` (`full.train`, `sparse.freeze`).
 fn compile(patterns: &[String], key: &str) -> Result<Vec<Regex>> {
-    patterns.iter().map(|p| Regex::new(p).map_err(|e| Error::Input(format!("full.{key}: {p:?} is not a valid regex: {e}")))).collect()
+    patterns.iter().map(|p| Regex::new(p).map_err(|e| Error::Input(format!("{key}: {p:?} is not a valid regex: {e}")))).collect()
+}
+
+/// Which weights train under `train` / `freeze` patterns (empty `train`: every weight).
+pub(crate) fn selector(train: &[String], freeze: &[String], prefix: &str) -> Result<impl Fn(&str) -> bool> {
+    let (train, freeze) = (compile(train, &format!("{prefix}.train"))?, compile(freeze, &format!("{prefix}.freeze"))?);
+    Ok(move |n: &str| (train.is_empty() || train.iter().any(|r| r.is_match(n))) && !freeze.iter().any(|r| r.is_match(n)))
 }
 
 /// A block weight's HFT category and unit: ("attention", "q_proj"), ("mlp", "up_proj"),
@@ -62,8 +69,7 @@ fn hft_unit(name: &str) -> Option<(usize, &'static str, String)> {
 
 impl Full {
     pub fn attach(model: &mut CausalLm, tok: &crate::Tokenizer, config: &FullConfig) -> Result<Self> {
-        let (train, freeze) = (compile(&config.train, "train")?, compile(&config.freeze, "freeze")?);
-        let select = |n: &str| (train.is_empty() || train.iter().any(|r| r.is_match(n))) && !freeze.iter().any(|r| r.is_match(n));
+        let select = selector(&config.train, &config.freeze, "full")?;
         let vars = model.make_trainable(&select)?;
         if vars.is_empty() {
             return Err(Error::Input("full: the train/freeze patterns leave no weight to train".into()));

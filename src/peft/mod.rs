@@ -7,6 +7,9 @@ pub mod loramoe;
 mod loramoe_balance;
 pub mod multi;
 pub mod prompt;
+pub mod sparse;
+pub mod sparse_delta;
+pub mod sparse_graft;
 
 use crate::Result;
 use candle_core::Var;
@@ -42,6 +45,10 @@ pub trait Adapter {
     fn as_full(&self) -> Option<&full::Full> {
         None
     }
+    /// Sparse fine-tuning (for localization and the masked optimiser).
+    fn as_sparse(&self) -> Option<&sparse::Sparse> {
+        None
+    }
 }
 
 /// Which sample each token of a forward pass belongs to, row-major over the batch
@@ -58,14 +65,15 @@ pub struct AuxLoss {
     pub stats: Vec<(String, f64, f64)>,
 }
 
-/// Load an adapter directory in PEFT's layout onto `model`: LoRA, LoRAMoE or prompt
-/// tuning, by its `adapter_config.json`.
+/// Load an adapter directory onto `model`: LoRA, LoRAMoE or prompt tuning (PEFT's
+/// layout) or a sparse delta (added into the weights), by its `adapter_config.json`.
 pub fn load_adapter(model: &mut crate::CausalLm, dir: &Path) -> Result<Box<dyn Adapter>> {
     match peft_type(dir)?.as_str() {
         "LORA" => Ok(Box::new(lora::Lora::load(model, dir)?)),
         "LORAMOE" => Ok(Box::new(loramoe::Loramoe::load(model, dir)?)),
         "PROMPT_TUNING" => Ok(Box::new(prompt::PromptTuning::load(model, dir)?)),
-        other => Err(crate::Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA, LORAMOE and PROMPT_TUNING adapters"))),
+        "SPARSE" => Ok(Box::new(sparse::Sparse::load(model, dir)?)),
+        other => Err(crate::Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA, LORAMOE, PROMPT_TUNING and SPARSE adapters"))),
     }
 }
 

@@ -81,8 +81,10 @@ pub fn save(out: &Path, step: usize, model: &CausalLm, adapter: &dyn Adapter, op
     let names = adapter.trainable();
     let mut moments = vec![];
     for ((name, p), st) in names.iter().zip(&opt.state) {
-        moments.push((format!("{name}.exp_avg"), Tensor::from_slice(&st.m, p.shape(), &candle_core::Device::Cpu)?));
-        moments.push((format!("{name}.exp_avg_sq"), Tensor::from_slice(&st.v, p.shape(), &candle_core::Device::Cpu)?));
+        // Masked parameters (sparse fine-tuning) hold one moment per mask index.
+        let shape = if st.m.len() == p.elem_count() { p.shape().clone() } else { st.m.len().into() };
+        moments.push((format!("{name}.exp_avg"), Tensor::from_slice(&st.m, &shape, &candle_core::Device::Cpu)?));
+        moments.push((format!("{name}.exp_avg_sq"), Tensor::from_slice(&st.v, &shape, &candle_core::Device::Cpu)?));
     }
     crate::peft::save_tensors(&tmp.join("optimizer.safetensors"), &moments)?;
     let mut files = std::collections::BTreeMap::new();
@@ -132,7 +134,14 @@ pub fn load_optimizer(dir: &Path, adapter: &dyn Adapter, opt: &mut AdamW) -> Res
         let x = t.get(&k).ok_or_else(|| Error::file(&op, format!("missing {k}")))?;
         Ok(x.flatten_all()?.to_vec1::<f32>()?)
     };
-    opt.state = adapter.trainable().into_iter().map(|(name, _)| Ok(Moments { m: get(format!("{name}.exp_avg"))?, v: get(format!("{name}.exp_avg_sq"))? })).collect::<Result<_>>()?;
+    let trainable = adapter.trainable();
+    opt.state = trainable.iter().map(|(name, _)| Ok(Moments { m: get(format!("{name}.exp_avg"))?, v: get(format!("{name}.exp_avg_sq"))? })).collect::<Result<_>>()?;
+    for (((name, p), st), mask) in trainable.iter().zip(&opt.state).zip(&opt.masks) {
+        let want = mask.as_ref().map_or(p.elem_count(), Vec::len);
+        if st.m.len() != want || st.v.len() != want {
+            return Err(Error::file(&op, format!("{name}: {} moments where the run has {want}", st.m.len())));
+        }
+    }
     opt.t = state.adam_t;
     Ok(state)
 }

@@ -47,12 +47,25 @@ pub struct AdamW {
     pub state: Vec<Moments>,
     /// Steps taken so far.
     pub t: u64,
+    /// Per parameter, the flat element indices it may update (sparse fine-tuning); its
+    /// moments then hold one value per index. None: every element.
+    pub masks: Vec<Option<Vec<u32>>>,
 }
 
 impl AdamW {
     pub fn new(params: Vec<Var>, config: AdamWConfig) -> Self {
         let state = params.iter().map(|p| Moments { m: vec![0.0; p.elem_count()], v: vec![0.0; p.elem_count()] }).collect();
-        AdamW { config, params, state, t: 0 }
+        let masks = vec![None; params.len()];
+        AdamW { config, params, state, t: 0, masks }
+    }
+
+    /// Restrict every parameter to the elements of its mask (sorted flat indices; an
+    /// empty mask freezes it) and start over: moments zero, step count 0.
+    pub fn set_masks(&mut self, masks: Vec<Vec<u32>>) {
+        assert_eq!(masks.len(), self.params.len(), "one mask per parameter");
+        self.state = masks.iter().map(|m| Moments { m: vec![0.0; m.len()], v: vec![0.0; m.len()] }).collect();
+        self.masks = masks.into_iter().map(Some).collect();
+        self.t = 0;
     }
 
     /// One update with learning rate `lr`; `grads[i]` belongs to `params[i]`.
@@ -75,6 +88,13 @@ impl AdamW {
             if active.is_some_and(|a| !a[i]) {
                 continue;
             }
+            if let Some(idx) = &self.masks[i] {
+                if !idx.is_empty() {
+                    let h = Hyper { b1, b2, bc2_sqrt, step_size, decay, eps };
+                    step_masked(p, g, st, idx, h)?;
+                }
+                continue;
+            }
             let mut w = p.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             let g = g.flatten_all()?.to_vec1::<f32>()?;
             // Elementwise, so chunks run on all cores (full tuning updates 135M values).
@@ -92,4 +112,32 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+/// One step's constants.
+#[derive(Clone, Copy)]
+struct Hyper {
+    b1: f32,
+    b2: f32,
+    bc2_sqrt: f32,
+    step_size: f32,
+    decay: f32,
+    eps: f32,
+}
+
+/// The AdamW update on the masked elements of `p` only (moments indexed by mask
+/// position): the same arithmetic, in the same order, as the dense loop.
+fn step_masked(p: &Var, g: &Tensor, st: &mut Moments, idx: &[u32], h: Hyper) -> Result<()> {
+    let mut w = p.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    let g = g.flatten_all()?.to_vec1::<f32>()?;
+    for ((&i, m), v) in idx.iter().zip(&mut st.m).zip(&mut st.v) {
+        let (w, g) = (&mut w[i as usize], g[i as usize]);
+        *w *= h.decay;
+        *m = *m * h.b1 + (1.0 - h.b1) * g;
+        *v = *v * h.b2 + (1.0 - h.b2) * g * g;
+        let denom = v.sqrt() / h.bc2_sqrt + h.eps;
+        *w -= h.step_size * (*m / denom);
+    }
+    p.set(&Tensor::from_vec(w, p.shape(), p.device())?)?;
+    Ok(())
 }

@@ -9,6 +9,7 @@ use crate::peft::full::FullConfig;
 use crate::peft::lora::LoraConfig;
 use crate::peft::loramoe::LoramoeConfig;
 use crate::peft::prompt::PromptConfig;
+use crate::peft::sparse::SparseConfig;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -87,6 +88,9 @@ pub struct Recipe {
     /// For `method: loramoe`: experts, rank, router, balancing constraint.
     #[serde(default)]
     pub loramoe: LoramoeConfig,
+    /// For `method: sparse`: mask density, when the mask is picked, which weights.
+    #[serde(default)]
+    pub sparse: SparseConfig,
     #[serde(default = "default_lr")]
     pub lr: f64,
     #[serde(default)]
@@ -182,6 +186,9 @@ pub enum Method {
     Prompt,
     /// LoRAMoE: LoRA experts mixed by a router, with the localized balancing constraint.
     Loramoe,
+    /// Sparse fine-tuning: full tuning, a mask of the most-changed weights, then
+    /// retraining only the mask (or grafting it); the result is a sparse delta.
+    Sparse,
 }
 
 fn default_objective() -> String {
@@ -283,6 +290,20 @@ impl Recipe {
         }
         if self.method == Method::Loramoe && self.objective.starts_with("reward") {
             return Err("method: a reward model is saved as a sequence-classification model, which LoRAMoE's router cannot be merged into; use lora or full".into());
+        }
+        if self.method == Method::Sparse {
+            self.sparse.check()?;
+            if self.init_adapter.is_some() {
+                return Err("init_adapter: sparse fine-tuning starts from `model`".into());
+            }
+            if self.objective.starts_with("reward") {
+                return Err("method: a reward model is saved as a sequence-classification model, not a sparse delta; use lora or full".into());
+            }
+            if let (Some(at), Some(total)) = (self.sparse.localize_steps, self.max_steps) {
+                if at > total {
+                    return Err(format!("sparse.localize_steps: {at} is past the run's max_steps {total}"));
+                }
+            }
         }
         if self.max_steps == Some(0) {
             return Err("max_steps: must be at least 1".into());

@@ -10,7 +10,7 @@ use super::optim::AdamW;
 use super::recipe::{Method, Recipe};
 use super::reference::{self, Reference};
 use super::step::{clip_grad_norm, evaluate, objective_step};
-use crate::peft::{full::Full, head::ScoreHead, lora::Lora, loramoe::Loramoe, prompt::PromptTuning, Adapter};
+use crate::peft::{full::Full, head::ScoreHead, lora::Lora, loramoe::Loramoe, prompt::PromptTuning, sparse::Sparse, Adapter};
 use crate::tokenizer::Tokenizer;
 use crate::{CausalLm, Error, LoadOptions, Result};
 use candle_core::Var;
@@ -67,7 +67,7 @@ pub type OnEvent<'a> = &'a mut dyn FnMut(Event);
 pub fn final_dir(m: Method, objective: &str) -> &'static str {
     match m {
         _ if objective.starts_with("reward") => "model",
-        Method::Lora | Method::Prompt | Method::Loramoe => "adapter",
+        Method::Lora | Method::Prompt | Method::Loramoe | Method::Sparse => "adapter",
         Method::Full => "model",
     }
 }
@@ -122,16 +122,19 @@ fn prepare(recipe: &Recipe, latest: Option<&Path>) -> Result<(Run, super::data::
     let objective = objective::build(recipe)?;
     let source = crate::hub::resolve(&recipe.model, true)?;
     let tok = Tokenizer::load(&source)?;
-    // Full tuning resumes from the model saved in the checkpoint.
+    // Full tuning (and sparse tuning before its mask is picked) resumes from the model
+    // saved in the checkpoint; a sparse checkpoint after it holds the delta alone.
     let model_source = match (latest, recipe.method) {
         (Some(dir), Method::Full) => crate::hub::ModelSource::HfDir(dir.to_path_buf()),
+        (Some(dir), Method::Sparse) if dir.join("config.json").exists() => crate::hub::ModelSource::HfDir(dir.to_path_buf()),
         _ => source.clone(),
     };
-    let mut model = CausalLm::load(&model_source, &LoadOptions { dequantize: recipe.dequantize, weight_dtype: recipe.precision.dtype(), ..Default::default() })?;
+    let opts = LoadOptions { dequantize: recipe.dequantize, weight_dtype: recipe.precision.dtype(), ..Default::default() };
+    let mut model = CausalLm::load(&model_source, &opts)?;
     let template = tok.template(recipe.template.as_deref())?;
     model.checkpointing = recipe.gradient_checkpointing;
     let (train, val, counts) = load(recipe, &tok, &template, objective.data())?;
-    let mut adapter = attach(recipe, &mut model, &tok, latest)?;
+    let mut adapter = attach(recipe, &mut model, &tok, latest, (source, opts))?;
     let mut head = None;
     let outputs = objective.head_outputs(&train);
     if outputs > 0 {
@@ -141,6 +144,9 @@ fn prepare(recipe: &Recipe, latest: Option<&Path>) -> Result<(Run, super::data::
     }
     let params: Vec<_> = adapter.trainable().into_iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(params.clone(), recipe.adamw);
+    if let Some(s) = adapter.as_sparse() {
+        s.restore_optimizer(&mut opt);
+    }
     let start = match latest {
         Some(dir) => checkpoint::load_optimizer(dir, adapter.as_ref(), &mut opt)?.step,
         None => 0,
@@ -148,8 +154,9 @@ fn prepare(recipe: &Recipe, latest: Option<&Path>) -> Result<(Run, super::data::
     Ok((Run { model, tok, adapter, head, objective, train, val, start, opt, params, template }, counts))
 }
 
-/// The method, fresh, from `init_adapter`, or from a checkpoint.
-fn attach(recipe: &Recipe, model: &mut CausalLm, tok: &Tokenizer, latest: Option<&Path>) -> Result<Box<dyn Adapter>> {
+/// The method, fresh, from `init_adapter`, or from a checkpoint; `base` is where the
+/// model came from (sparse tuning compares with it).
+fn attach(recipe: &Recipe, model: &mut CausalLm, tok: &Tokenizer, latest: Option<&Path>, base: (crate::hub::ModelSource, LoadOptions)) -> Result<Box<dyn Adapter>> {
     let from = latest.or(recipe.init_adapter.as_deref());
     Ok(match recipe.method {
         Method::Lora => Box::new(match from {
@@ -157,6 +164,7 @@ fn attach(recipe: &Recipe, model: &mut CausalLm, tok: &Tokenizer, latest: Option
             None => Lora::attach(model, &recipe.lora, recipe.seed)?,
         }),
         Method::Full => Box::new(Full::attach(model, tok, &recipe.full)?),
+        Method::Sparse => Box::new(Sparse::attach(model, tok, &recipe.sparse, base, latest)?),
         Method::Loramoe => Box::new(match from {
             Some(dir) => Loramoe::load(model, dir)?,
             None => Loramoe::attach(model, &recipe.loramoe, recipe.seed)?,
@@ -214,7 +222,14 @@ fn run_steps(recipe: &Recipe, run: &mut Run, refs: &Refs, out: &Path, on: OnEven
     let (mut last_loss, mut last_val, mut interrupted) = (f64::NAN, None, false);
     let mut step = run.start;
     let head = run.head.as_ref().map(|h| h.as_tensor().clone());
+    let localize_at = run.adapter.as_sparse().map(|s| s.config().localize_at(total));
+    if localize_at.is_some_and(|at| at > total) {
+        return Err(Error::Input(format!("sparse.localize_steps: {} is past the run's {total} steps", localize_at.unwrap_or(0))));
+    }
     while step < total {
+        if localize_at == Some(step) {
+            localize(run.adapter.as_ref(), &mut run.model, &mut run.opt, out, true, on)?;
+        }
         let ts = Instant::now();
         let micro: Vec<_> = (0..recipe.grad_accum).map(|_| stream.next_batch()).collect();
         let lr = recipe.lr * recipe.schedule.factor(step, total, recipe.warmup_steps);
@@ -230,7 +245,7 @@ fn run_steps(recipe: &Recipe, run: &mut Run, refs: &Refs, out: &Path, on: OnEven
             return Err(Error::Input(format!("step {}: the loss is {} (records {}); nothing was updated, and the last checkpoint is kept", step + 1, g.loss, run.train.origins(&units).join(", "))));
         }
         let grad_norm = clip_grad_norm(&mut g.grads, recipe.max_grad_norm)?;
-        let active = run.adapter.as_full().and_then(|f| f.active());
+        let active = run.adapter.as_full().and_then(|f| f.active()).or_else(|| run.adapter.as_sparse().and_then(|s| s.active()));
         run.opt.step_some(&g.grads, lr, active.as_deref())?;
         step += 1;
         run.adapter.set_training(false);
@@ -270,7 +285,28 @@ fn run_steps(recipe: &Recipe, run: &mut Run, refs: &Refs, out: &Path, on: OnEven
             break;
         }
     }
+    if !interrupted && localize_at == Some(total) {
+        localize(run.adapter.as_ref(), &mut run.model, &mut run.opt, out, false, on)?;
+    }
     Ok((step, last_loss, last_val, interrupted))
+}
+
+/// Sparse tuning: pick the mask (once; a resumed run may already have it), report it
+/// and write `localization.json`.
+fn localize(adapter: &dyn Adapter, model: &mut CausalLm, opt: &mut AdamW, out: &Path, retrain: bool, on: OnEvent) -> Result<()> {
+    let Some(s) = adapter.as_sparse().filter(|s| !s.localized()) else { return Ok(()) };
+    let r = s.localize(model, opt, retrain)?;
+    let what = if retrain { "retraining only these from the base" } else { "grafting these onto the base" };
+    on(Event::Note(format!(
+        "sparse: mask of {} of {} elements ({:.4}%; |change| >= {:.3e}; {:.1}% of the change's squared norm; {:?}), {what}",
+        r.nnz,
+        r.total,
+        100.0 * r.nnz as f64 / r.total as f64,
+        r.threshold,
+        100.0 * r.captured,
+        r.by_kind
+    )));
+    crate::peft::write_atomic(&out.join("localization.json"), serde_json::to_string_pretty(&r).expect("json").as_bytes())
 }
 
 /// Write the result: the adapter (PEFT layout), the model, or a reward model.
@@ -294,6 +330,8 @@ fn save_result(recipe: &Recipe, run: &Run, dir: &Path) -> Result<()> {
             crate::model::reward::RewardModel::save(&base, &head, &attributes, &run.tok, &run.template, dir)
         }
         Method::Full => crate::model::reward::RewardModel::save(&run.model, &head, &attributes, &run.tok, &run.template, dir),
-        Method::Prompt | Method::Loramoe => Err(Error::Input(format!("a reward model with {} cannot be saved as a sequence-classification model; use method lora or full", run.adapter.method()))),
+        Method::Prompt | Method::Loramoe | Method::Sparse => {
+            Err(Error::Input(format!("a reward model with {} cannot be saved as a sequence-classification model; use method lora or full", run.adapter.method())))
+        }
     }
 }
