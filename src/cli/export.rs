@@ -89,6 +89,7 @@ fn load_merged(mut margs: ModelArgs) -> Result<(instill::CausalLm, instill::Toke
         match instill::peft::peft_type(&dir)?.as_str() {
             "PROMPT_TUNING" => bail!("{}: a prompt-tuning adapter cannot be merged into the weights; use it with --adapter", dir.display()),
             "LORAMOE" => bail!("{}: a LoRAMoE adapter cannot be merged into the weights (its router mixes the experts differently for every token); use it with --adapter", dir.display()),
+            "BOTTLENECK" => bail!("{}: a bottleneck adapter cannot be merged into the weights (its non-linearity is not a matrix); use it with --adapter", dir.display()),
             "SPARSE" => {
                 // A sparse delta is added into the weights as it loads.
                 instill::peft::sparse::Sparse::load(&mut model, &dir)?;

@@ -120,17 +120,24 @@ impl Linear {
                 return Ok(y);
             }
         }
-        let trainable = matches!(&self.weight, LinearWeight::Dense(w) if w.track_op());
-        let y = if trainable {
-            self.forward_plain(x)?
-        } else if let Some(y) = self.int8_prefill(x)? {
-            y
-        } else {
-            super::ops::frozen_linear(self, x)?
-        };
+        let y = self.forward_base(x)?;
         match &self.adapter {
             Some(a) if a.enabled() => Ok((y + a.delta(x)?)?),
             _ => Ok(y),
+        }
+    }
+
+    /// The projection without its adapter, as [`Self::forward`] computes it (a frozen
+    /// weight passes gradients to `x` only); adapters that wrap the projection
+    /// (`Delta::fused`) call it.
+    pub fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
+        let trainable = matches!(&self.weight, LinearWeight::Dense(w) if w.track_op());
+        if trainable {
+            self.forward_plain(x)
+        } else if let Some(y) = self.int8_prefill(x)? {
+            Ok(y)
+        } else {
+            super::ops::frozen_linear(self, x)
         }
     }
 

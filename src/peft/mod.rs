@@ -1,4 +1,5 @@
 //! Parameter-efficient and partial tuning methods, one file each, behind [`Adapter`].
+pub mod bottleneck;
 pub mod full;
 pub mod head;
 pub mod lora;
@@ -66,14 +67,16 @@ pub struct AuxLoss {
 }
 
 /// Load an adapter directory onto `model`: LoRA, LoRAMoE or prompt tuning (PEFT's
-/// layout) or a sparse delta (added into the weights), by its `adapter_config.json`.
+/// layout), a bottleneck adapter (LLM-Adapters' layout) or a sparse delta (added into
+/// the weights), by its `adapter_config.json`.
 pub fn load_adapter(model: &mut crate::CausalLm, dir: &Path) -> Result<Box<dyn Adapter>> {
     match peft_type(dir)?.as_str() {
         "LORA" => Ok(Box::new(lora::Lora::load(model, dir)?)),
         "LORAMOE" => Ok(Box::new(loramoe::Loramoe::load(model, dir)?)),
         "PROMPT_TUNING" => Ok(Box::new(prompt::PromptTuning::load(model, dir)?)),
         "SPARSE" => Ok(Box::new(sparse::Sparse::load(model, dir)?)),
-        other => Err(crate::Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA, LORAMOE, PROMPT_TUNING and SPARSE adapters"))),
+        "BOTTLENECK" => Ok(Box::new(bottleneck::Bottleneck::load(model, dir)?)),
+        other => Err(crate::Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA, LORAMOE, PROMPT_TUNING, BOTTLENECK and SPARSE adapters"))),
     }
 }
 

@@ -5,6 +5,7 @@ use super::optim::AdamWConfig;
 use super::reference::Reference;
 use super::schedule::Schedule;
 use crate::data::render::{LossOn, Truncation};
+use crate::peft::bottleneck::BottleneckConfig;
 use crate::peft::full::FullConfig;
 use crate::peft::lora::LoraConfig;
 use crate::peft::loramoe::LoramoeConfig;
@@ -88,6 +89,9 @@ pub struct Recipe {
     /// For `method: loramoe`: experts, rank, router, balancing constraint.
     #[serde(default)]
     pub loramoe: LoramoeConfig,
+    /// For `method: adapter`: bottleneck width, placement, projections, scale.
+    #[serde(default)]
+    pub adapter: BottleneckConfig,
     /// For `method: sparse`: mask density, when the mask is picked, which weights.
     #[serde(default)]
     pub sparse: SparseConfig,
@@ -186,6 +190,8 @@ pub enum Method {
     Prompt,
     /// LoRAMoE: LoRA experts mixed by a router, with the localized balancing constraint.
     Loramoe,
+    /// Bottleneck adapters (parallel, sequential or before a projection).
+    Adapter,
     /// Sparse fine-tuning: full tuning, a mask of the most-changed weights, then
     /// retraining only the mask (or grafting it); the result is a sparse delta.
     Sparse,
@@ -290,6 +296,12 @@ impl Recipe {
         }
         if self.method == Method::Loramoe && self.objective.starts_with("reward") {
             return Err("method: a reward model is saved as a sequence-classification model, which LoRAMoE's router cannot be merged into; use lora or full".into());
+        }
+        if self.method == Method::Adapter {
+            self.adapter.check()?;
+            if self.objective.starts_with("reward") {
+                return Err("method: a reward model is saved as a sequence-classification model, which a bottleneck adapter cannot be merged into; use lora or full".into());
+            }
         }
         if self.method == Method::Sparse {
             self.sparse.check()?;
