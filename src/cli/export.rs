@@ -87,6 +87,8 @@ fn load_merged(mut margs: ModelArgs) -> Result<(instill::CausalLm, instill::Toke
     let (mut model, tok) = margs.load()?;
     if let Some(dir) = adapter {
         match instill::peft::peft_type(&dir)?.as_str() {
+            "MAM" => bail!("{}: a MAM adapter (prefix tuning + a bottleneck adapter) cannot be merged into the weights; use it with --adapter", dir.display()),
+            "PREFIX_TUNING" => bail!("{}: a prefix-tuning adapter cannot be merged into the weights (its keys and values are not a weight); use it with --adapter", dir.display()),
             "PROMPT_TUNING" => bail!("{}: a prompt-tuning adapter cannot be merged into the weights; use it with --adapter", dir.display()),
             "LORAMOE" => bail!("{}: a LoRAMoE adapter cannot be merged into the weights (its router mixes the experts differently for every token); use it with --adapter", dir.display()),
             "BOTTLENECK" => bail!("{}: a bottleneck adapter cannot be merged into the weights (its non-linearity is not a matrix); use it with --adapter", dir.display()),

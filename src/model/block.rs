@@ -64,12 +64,29 @@ impl Attention {
     /// runs row by row over the real keys only, so a row computes exactly what it would
     /// alone, whatever padding the others' lengths put in the batch (the server's
     /// batch-invariant decoding).
-    pub fn forward(&self, x: &Tensor, rope: &RopeTable, mask: Option<&Tensor>, cache: Option<&mut candle_nn::kv_cache::KvCache>, starts: Option<&[usize]>) -> Result<Tensor> {
+    /// `prefix_kv`: prefix tuning's keys and values `(B, KV, P, D)`, which replace those of
+    /// the first `P` positions (placeholders) as they are, unrotated.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTable,
+        mask: Option<&Tensor>,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+        starts: Option<&[usize]>,
+        prefix_kv: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         // Queries and keys go heads-first in their rotation's pass; the queries carry the scale.
         let q = rope.apply_heads_first(&self.split_heads(&self.q.forward(x)?, self.heads, &self.q_norm)?, self.rope_style, self.scale)?;
         let k = rope.apply_heads_first(&self.split_heads(&self.k.forward(x)?, self.kv_heads, &self.k_norm)?, self.rope_style, 1.0)?;
         let v = self.split_heads(&self.v.forward(x)?, self.kv_heads, &None)?.transpose(1, 2)?.contiguous()?;
+        let (k, v) = match prefix_kv {
+            Some((pk, pv)) => {
+                let n = pk.dim(2)?;
+                (Tensor::cat(&[pk, &k.narrow(2, n, t - n)?], 2)?, Tensor::cat(&[pv, &v.narrow(2, n, t - n)?], 2)?)
+            }
+            None => (k, v),
+        };
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
@@ -134,8 +151,16 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn forward(&self, x: &Tensor, rope: &RopeTable, mask: Option<&Tensor>, cache: Option<&mut candle_nn::kv_cache::KvCache>, starts: Option<&[usize]>) -> Result<Tensor> {
-        let h = self.attn.forward(&self.attn_norm.forward(x)?, rope, mask, cache, starts)?;
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTable,
+        mask: Option<&Tensor>,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+        starts: Option<&[usize]>,
+        prefix_kv: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor> {
+        let h = self.attn.forward(&self.attn_norm.forward(x)?, rope, mask, cache, starts, prefix_kv)?;
         let h = maybe_norm(&self.post_attn_norm, h)?;
         let x = (x + h)?;
         let h = self.mlp.forward(&self.mlp_norm.forward(&x)?)?;

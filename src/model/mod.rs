@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod kernels;
 pub mod linear;
 pub mod ops;
+pub mod prefix;
 pub mod recompute;
 pub mod reward;
 pub mod rope;
@@ -71,6 +72,8 @@ pub struct CausalLm {
     pub checkpointing: bool,
     /// Soft-prompt vectors `(n, hidden)` placed before every sequence (prompt tuning).
     pub prefix: Option<Tensor>,
+    /// Per-layer key/value prefixes (prefix tuning).
+    pub kv_prefix: Option<prefix::KvPrefix>,
 }
 
 impl CausalLm {
@@ -147,7 +150,7 @@ impl CausalLm {
         let head_w = w.opt("output.weight").unwrap_or(emb_w);
         let lm_head = make_linear(head_w, None, opts)?;
         check_shapes(c, &embed, &w.path)?;
-        Ok(CausalLm { norm: norm("output_norm.weight")?, config, arch, embed, blocks, lm_head, device: opts.device.clone(), checkpointing: false, prefix: None })
+        Ok(CausalLm { norm: norm("output_norm.weight")?, config, arch, embed, blocks, lm_head, device: opts.device.clone(), checkpointing: false, prefix: None, kv_prefix: None })
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -190,12 +193,18 @@ impl CausalLm {
     }
 
     fn hidden_with(&self, batch: &Batch, cache: Option<&mut KvCache>, prefix: Option<&Tensor>) -> Result<Tensor> {
-        let n = prefix.map_or(Ok(0), |p| p.dim(0))?;
+        let kv = self.kv_prefix.as_ref().filter(|k| k.enabled() && !k.is_empty() && prefix.is_none());
+        let n = match (prefix, kv) {
+            (Some(p), _) => p.dim(0)?,
+            (None, Some(k)) => k.len()?,
+            (None, None) => 0,
+        };
         if n == 0 {
             return self.run_blocks(batch, cache, None);
         }
-        // A soft prompt comes first, at positions 0..n; the sequence's own positions move
-        // up by n. It is embedded only when the sequence starts (not in later decode steps).
+        // A soft prompt (or prefix tuning's placeholders, whose keys and values each layer
+        // replaces) comes first, at positions 0..n; the sequence's own positions move up
+        // by n. It is embedded only when the sequence starts (not in later decode steps).
         let starts = cache.as_ref().is_none_or(|c| c.is_empty());
         let mut b = batch.clone();
         b.positions.iter_mut().flatten().for_each(|p| *p += n as u32);
@@ -209,7 +218,10 @@ impl CausalLm {
             b.segments[r].splice(0..0, std::iter::repeat_n(seg, n));
             b.valid[r].splice(0..0, std::iter::repeat_n(true, n));
         }
-        let x = self.run_blocks(&b, cache, prefix.map(|p| (n, p)))?;
+        let x = match kv {
+            Some(k) => self.run_blocks(&b, cache, Some(Prefix::Kv(k)))?,
+            None => self.run_blocks(&b, cache, prefix.map(|p| Prefix::Soft(n, p)))?,
+        };
         Ok(x.narrow(1, n, batch.dims().1)?)
     }
 
@@ -228,8 +240,9 @@ impl CausalLm {
         Ok(x)
     }
 
-    /// Embed `batch` (its first `prefix` tokens replaced by the soft prompt) and run the blocks.
-    fn run_blocks(&self, batch: &Batch, cache: Option<&mut KvCache>, prefix: Option<(usize, &Tensor)>) -> Result<Tensor> {
+    /// Embed `batch` (its first tokens replaced by the soft prompt, or their keys and
+    /// values by prefix tuning's) and run the blocks.
+    fn run_blocks(&self, batch: &Batch, cache: Option<&mut KvCache>, prefix: Option<Prefix>) -> Result<Tensor> {
         batch.check()?;
         let (b, t) = batch.dims();
         let c = &self.config;
@@ -241,13 +254,17 @@ impl CausalLm {
             return Err(Error::Input(format!("token id {bad} is outside the vocabulary ({})", c.vocab_size)));
         }
         let mut x = match prefix {
-            Some((n, p)) => {
+            Some(Prefix::Soft(n, p)) => {
                 let own: Vec<u32> = batch.tokens.iter().flat_map(|r| r[n..].iter().copied()).collect();
                 let ids = Tensor::from_vec(own, (b, t - n), &self.device)?;
                 let soft = p.unsqueeze(0)?.broadcast_as((b, n, c.hidden_size))?;
                 Tensor::cat(&[&soft, &self.embed(&ids)?], 1)?
             }
-            None => self.embed(&Tensor::from_vec(batch.tokens.concat(), (b, t), &self.device)?)?,
+            _ => self.embed(&Tensor::from_vec(batch.tokens.concat(), (b, t), &self.device)?)?,
+        };
+        let kv_prefix = match prefix {
+            Some(Prefix::Kv(k)) => Some(k),
+            _ => None,
         };
         // Without a cache (scoring, training) K and V are not stored: the cache's in-place
         // append would also cut the autograd graph.
@@ -273,8 +290,12 @@ impl CausalLm {
             Some(w) => cache::build_mask(&cache.keys, t, Some(w), &self.device)?,
             None => None,
         };
-        for (blk, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+        if kv_prefix.is_some() && self.checkpointing && !keep_kv {
+            return Err(Error::Input("prefix tuning does not run with gradient checkpointing (the recomputed blocks would not see the prefix)".into()));
+        }
+        for (i, (blk, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             let (rope, mask) = if blk.sliding { (local_rope.as_ref().unwrap_or(&global_rope), local_mask.as_ref()) } else { (&global_rope, global_mask.as_ref()) };
+            let pkv = kv_prefix.map(|k| k.layer(self, i, b)).transpose()?;
             x = if self.checkpointing && !keep_kv {
                 // The first block's input must be tracked for the recomputing op to be
                 // part of the graph at all (embeddings are frozen).
@@ -283,7 +304,7 @@ impl CausalLm {
                 }
                 recompute::block_forward(blk, &x, rope, mask)?
             } else {
-                blk.forward(&x, rope, mask, if keep_kv { Some(kv) } else { None }, starts.as_deref())?
+                blk.forward(&x, rope, mask, if keep_kv { Some(kv) } else { None }, starts.as_deref(), pkv.as_ref().map(|(k, v)| (k, v)))?
             };
         }
         Ok(x)
@@ -390,6 +411,12 @@ pub struct Projection<'a> {
 /// Run `f` on a rayon worker thread. Parallel kernels called from a worker join by
 /// work-stealing; called from an outside thread, every call parks and wakes the caller
 /// through a futex (measured: a quarter of decode time on 2 cores).
+/// What comes before a sequence: a soft prompt of `n` vectors, or per-layer keys and values.
+enum Prefix<'a> {
+    Soft(usize, &'a Tensor),
+    Kv(&'a prefix::KvPrefix),
+}
+
 pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();

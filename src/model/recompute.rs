@@ -52,7 +52,7 @@ impl CustomOp1 for Recompute {
         let data = s.as_slice::<f32>()?;
         let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("recompute: input must be contiguous".into()))?;
         let x = Tensor::from_slice(&data[a..b], l.shape(), &candle_core::Device::Cpu)?;
-        let y = self.block.forward(&x, &self.rope, self.mask.as_ref(), None, None).map_err(candle_core::Error::wrap)?.detach();
+        let y = self.block.forward(&x, &self.rope, self.mask.as_ref(), None, None, None).map_err(candle_core::Error::wrap)?.detach();
         let shape = y.shape().clone();
         let y = y.contiguous()?;
         let (st, _) = y.storage_and_layout();
@@ -64,7 +64,7 @@ impl CustomOp1 for Recompute {
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let xv = Var::from_tensor(&x.detach())?;
-        let y = self.block.forward(xv.as_tensor(), &self.rope, self.mask.as_ref(), None, None).map_err(candle_core::Error::wrap)?;
+        let y = self.block.forward(xv.as_tensor(), &self.rope, self.mask.as_ref(), None, None, None).map_err(candle_core::Error::wrap)?;
         let grads = (y * g.detach())?.sum_all()?.backward()?;
 
         add_extra(&grads, &self.block.trainable_params())?;
@@ -75,7 +75,7 @@ impl CustomOp1 for Recompute {
 /// `block.forward(x)` with its activations recomputed in the backward pass.
 pub fn block_forward(block: &Block, x: &Tensor, rope: &RopeTable, mask: Option<&Tensor>) -> Result<Tensor> {
     if !x.device().is_cpu() {
-        return block.forward(x, rope, mask, None, None);
+        return block.forward(x, rope, mask, None, None, None);
     }
     let op = Recompute { block: block.clone(), rope: rope.clone(), mask: mask.cloned() };
     Ok(x.contiguous()?.apply_op1(op)?)

@@ -6,7 +6,9 @@ pub mod lora;
 mod lora_op;
 pub mod loramoe;
 mod loramoe_balance;
+pub mod mam;
 pub mod multi;
+pub mod prefix;
 pub mod prompt;
 pub mod sparse;
 pub mod sparse_delta;
@@ -66,8 +68,8 @@ pub struct AuxLoss {
     pub stats: Vec<(String, f64, f64)>,
 }
 
-/// Load an adapter directory onto `model`: LoRA, LoRAMoE or prompt tuning (PEFT's
-/// layout), a bottleneck adapter (LLM-Adapters' layout) or a sparse delta (added into
+/// Load an adapter directory onto `model`: LoRA, LoRAMoE, prompt or prefix tuning
+/// (PEFT's layout), a bottleneck adapter (LLM-Adapters' layout) or a sparse delta (added into
 /// the weights), by its `adapter_config.json`.
 pub fn load_adapter(model: &mut crate::CausalLm, dir: &Path) -> Result<Box<dyn Adapter>> {
     match peft_type(dir)?.as_str() {
@@ -76,7 +78,11 @@ pub fn load_adapter(model: &mut crate::CausalLm, dir: &Path) -> Result<Box<dyn A
         "PROMPT_TUNING" => Ok(Box::new(prompt::PromptTuning::load(model, dir)?)),
         "SPARSE" => Ok(Box::new(sparse::Sparse::load(model, dir)?)),
         "BOTTLENECK" => Ok(Box::new(bottleneck::Bottleneck::load(model, dir)?)),
-        other => Err(crate::Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA, LORAMOE, PROMPT_TUNING, BOTTLENECK and SPARSE adapters"))),
+        "PREFIX_TUNING" => Ok(Box::new(prefix::PrefixTuning::load(model, dir)?)),
+        "MAM" => Ok(Box::new(mam::Mam::load(model, dir)?)),
+        other => {
+            Err(crate::Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA, LORAMOE, PROMPT_TUNING, PREFIX_TUNING, BOTTLENECK, MAM and SPARSE adapters")))
+        }
     }
 }
 

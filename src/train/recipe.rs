@@ -9,6 +9,7 @@ use crate::peft::bottleneck::BottleneckConfig;
 use crate::peft::full::FullConfig;
 use crate::peft::lora::LoraConfig;
 use crate::peft::loramoe::LoramoeConfig;
+use crate::peft::prefix::PrefixConfig;
 use crate::peft::prompt::PromptConfig;
 use crate::peft::sparse::SparseConfig;
 use crate::{Error, Result};
@@ -89,6 +90,9 @@ pub struct Recipe {
     /// For `method: loramoe`: experts, rank, router, balancing constraint.
     #[serde(default)]
     pub loramoe: LoramoeConfig,
+    /// For `method: prefix`: prefix length.
+    #[serde(default)]
+    pub prefix: PrefixConfig,
     /// For `method: adapter`: bottleneck width, placement, projections, scale.
     #[serde(default)]
     pub adapter: BottleneckConfig,
@@ -192,6 +196,10 @@ pub enum Method {
     Loramoe,
     /// Bottleneck adapters (parallel, sequential or before a projection).
     Adapter,
+    /// Prefix tuning: trainable keys and values before every sequence, in every layer.
+    Prefix,
+    /// MAM (He et al. 2022): prefix tuning plus a parallel bottleneck adapter.
+    Mam,
     /// Sparse fine-tuning: full tuning, a mask of the most-changed weights, then
     /// retraining only the mask (or grafting it); the result is a sparse delta.
     Sparse,
@@ -297,7 +305,18 @@ impl Recipe {
         if self.method == Method::Loramoe && self.objective.starts_with("reward") {
             return Err("method: a reward model is saved as a sequence-classification model, which LoRAMoE's router cannot be merged into; use lora or full".into());
         }
-        if self.method == Method::Adapter {
+        if matches!(self.method, Method::Prefix | Method::Mam) {
+            if self.packing {
+                return Err("packing: prefix tuning puts its keys and values before each example, so it needs `packing: false`".into());
+            }
+            if self.gradient_checkpointing {
+                return Err("gradient_checkpointing: prefix tuning does not run with it (the recomputed blocks would not see the prefix)".into());
+            }
+            if self.objective.starts_with("reward") {
+                return Err("method: a reward model is saved as a sequence-classification model, which prefix tuning cannot be merged into; use lora or full".into());
+            }
+        }
+        if matches!(self.method, Method::Adapter | Method::Mam) {
             self.adapter.check()?;
             if self.objective.starts_with("reward") {
                 return Err("method: a reward model is saved as a sequence-classification model, which a bottleneck adapter cannot be merged into; use lora or full".into());

@@ -10,7 +10,7 @@ use super::optim::AdamW;
 use super::recipe::{Method, Recipe};
 use super::reference::{self, Reference};
 use super::step::{clip_grad_norm, evaluate, objective_step};
-use crate::peft::{bottleneck::Bottleneck, full::Full, head::ScoreHead, lora::Lora, loramoe::Loramoe, prompt::PromptTuning, sparse::Sparse, Adapter};
+use crate::peft::{bottleneck::Bottleneck, full::Full, head::ScoreHead, lora::Lora, loramoe::Loramoe, mam::Mam, prefix::PrefixTuning, prompt::PromptTuning, sparse::Sparse, Adapter};
 use crate::tokenizer::Tokenizer;
 use crate::{CausalLm, Error, LoadOptions, Result};
 use candle_core::Var;
@@ -67,7 +67,7 @@ pub type OnEvent<'a> = &'a mut dyn FnMut(Event);
 pub fn final_dir(m: Method, objective: &str) -> &'static str {
     match m {
         _ if objective.starts_with("reward") => "model",
-        Method::Lora | Method::Prompt | Method::Loramoe | Method::Sparse | Method::Adapter => "adapter",
+        Method::Lora | Method::Prompt | Method::Loramoe | Method::Sparse | Method::Adapter | Method::Prefix | Method::Mam => "adapter",
         Method::Full => "model",
     }
 }
@@ -164,6 +164,14 @@ fn attach(recipe: &Recipe, model: &mut CausalLm, tok: &Tokenizer, latest: Option
             None => Lora::attach(model, &recipe.lora, recipe.seed)?,
         }),
         Method::Full => Box::new(Full::attach(model, tok, &recipe.full)?),
+        Method::Prefix => Box::new(match from {
+            Some(dir) => PrefixTuning::load(model, dir)?,
+            None => PrefixTuning::attach(model, &recipe.prefix, recipe.seed)?,
+        }),
+        Method::Mam => Box::new(match from {
+            Some(dir) => Mam::load(model, dir)?,
+            None => Mam::attach(model, &recipe.prefix, &recipe.adapter, recipe.seed)?,
+        }),
         Method::Adapter => Box::new(match from {
             Some(dir) => Bottleneck::load(model, dir)?,
             None => Bottleneck::attach(model, &recipe.adapter, recipe.seed)?,
@@ -334,7 +342,7 @@ fn save_result(recipe: &Recipe, run: &Run, dir: &Path) -> Result<()> {
             crate::model::reward::RewardModel::save(&base, &head, &attributes, &run.tok, &run.template, dir)
         }
         Method::Full => crate::model::reward::RewardModel::save(&run.model, &head, &attributes, &run.tok, &run.template, dir),
-        Method::Prompt | Method::Loramoe | Method::Sparse | Method::Adapter => {
+        Method::Prompt | Method::Loramoe | Method::Sparse | Method::Adapter | Method::Prefix | Method::Mam => {
             Err(Error::Input(format!("a reward model with {} cannot be saved as a sequence-classification model; use method lora or full", run.adapter.method())))
         }
     }
