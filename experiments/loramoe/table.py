@@ -23,7 +23,7 @@ def last(arm):
     if not p.exists():
         return {}
     rows = [json.loads(l) for l in p.read_text().splitlines()]
-    return rows[-1]
+    return rows[-1] if rows else {}
 
 
 def trained(arm):
@@ -52,6 +52,8 @@ def speed(arm):
     if not p.exists():
         return "-"
     rows = [json.loads(l) for l in p.read_text().splitlines()]
+    if not rows:
+        return "-"
     return f"{sum(r['tokens'] for r in rows) / rows[-1]['elapsed_s']:.0f}"
 
 

@@ -8,8 +8,12 @@ use clap::Args;
 use instill::data::pack::rows_from;
 use instill::model::kernels::gemm;
 use instill::peft::{
+    bottleneck::{Bottleneck, BottleneckConfig, NonLinearity, Placement},
     full::{Full, FullConfig},
     lora::{Lora, LoraConfig},
+    loramoe::{Loramoe, LoramoeConfig},
+    mam::Mam,
+    prefix::{PrefixConfig, PrefixTuning},
     Adapter,
 };
 use instill::train::optim::{AdamW, AdamWConfig};
@@ -30,7 +34,9 @@ pub struct TrainBench {
     /// Python with torch, transformers, peft, gguf for the peer; `none` skips it.
     #[arg(long, env = "INSTILL_PEER_PYTHON", default_value = "/tmp/ref-venv/bin/python")]
     peer_python: String,
-    /// Configurations to run (default: all).
+    /// Configurations to run (default: these; also `loramoe`, `adapter`, `prefix` and `mam`,
+    /// the recipes' settings on an f32 base: compared with PyTorch + PEFT LoRA, and
+    /// `prefix` with PEFT prefix tuning).
     #[arg(long, value_delimiter = ',', default_value = "lora,lora-bf16,qlora,lora-gc,lora-bf16-gc,qlora-gc,full,full-gc")]
     modes: Vec<String>,
     /// The peer script (from ../shared/bench/peers).
@@ -69,11 +75,32 @@ pub fn peak_rss_mib() -> f64 {
     u.ru_maxrss as f64 / 1024.0
 }
 
+/// The tuning method of a mode, attached to `model`.
+fn method(model: &mut instill::CausalLm, source: &instill::hub::ModelSource, mode: &str) -> Result<Box<dyn Adapter>> {
+    // The recipes' bottleneck adapter: parallel on down_proj, 64 wide, scale 4, ReLU.
+    let bottleneck = BottleneckConfig { bottleneck: 64, placement: Placement::Parallel, target_modules: vec!["down_proj".into()], scale: 4.0, non_linearity: NonLinearity::Relu, dropout: 0.0 };
+    Ok(match mode {
+        m if m.starts_with("full") => {
+            let tok = instill::Tokenizer::load(source)?;
+            Box::new(Full::attach(model, &tok, &FullConfig::default())?)
+        }
+        "loramoe" => Box::new(Loramoe::attach(model, &LoramoeConfig { dropout: 0.0, ..Default::default() }, 0)?),
+        "adapter" => Box::new(Bottleneck::attach(model, &bottleneck, 0)?),
+        "prefix" => Box::new(PrefixTuning::attach(model, &PrefixConfig { num_virtual_tokens: 20 }, 0)?),
+        "mam" => Box::new(Mam::attach(model, &PrefixConfig { num_virtual_tokens: 30 }, &bottleneck, 0)?),
+        _ => {
+            // The peer's LoRA: r 8, alpha 16, every projection, no dropout; loss on every token.
+            let cfg = LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, target_modules: vec!["all-linear".into()], rslora: false };
+            Box::new(Lora::attach(model, &cfg, 0)?)
+        }
+    })
+}
+
 /// One configuration: `lora` (f32 base) or `qlora` (Q4_1 base kept quantized).
 fn worker(a: &TrainBench, mode: &str) -> Result<serde_json::Value> {
     let source = instill::hub::resolve(&a.model, true)?;
     let (dequantize, checkpointing) = match mode {
-        "lora" | "full" | "lora-bf16" => (true, false),
+        "lora" | "full" | "lora-bf16" | "loramoe" | "adapter" | "prefix" | "mam" => (true, false),
         "qlora" => (false, false),
         "lora-gc" | "full-gc" | "lora-bf16-gc" => (true, true),
         "qlora-gc" => (false, true),
@@ -83,14 +110,7 @@ fn worker(a: &TrainBench, mode: &str) -> Result<serde_json::Value> {
     let mut model = instill::CausalLm::load(&source, &instill::LoadOptions { dequantize, weight_dtype, ..Default::default() })?;
     model.checkpointing = checkpointing;
     let full = mode.starts_with("full");
-    let adapter: Box<dyn Adapter> = if full {
-        let tok = instill::Tokenizer::load(&source)?;
-        Box::new(Full::attach(&mut model, &tok, &FullConfig::default())?)
-    } else {
-        // The peer's LoRA: r 8, alpha 16, every projection, no dropout; loss on every token.
-        let cfg = LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, target_modules: vec!["all-linear".into()], rslora: false };
-        Box::new(Lora::attach(&mut model, &cfg, 0)?)
-    };
+    let adapter = method(&mut model, &source, mode)?;
     adapter.set_training(true);
     let params: Vec<_> = adapter.trainable().into_iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(params.clone(), AdamWConfig::default());
@@ -176,7 +196,13 @@ fn peer(a: &TrainBench, kind: &str, batch: usize, seq: usize) -> Result<Option<s
     if kind == "autocast" {
         c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers/sft_lora_autocast.py"));
     }
-    c.arg(&a.peer_script).args(["--batch", &batch.to_string(), "--seq", &seq.to_string(), "--steps", &a.steps.to_string(), "--threads", &rayon::current_num_threads().to_string()]);
+    if kind == "prefix" {
+        let shared = a.peer_script.parent().context("peer script directory")?;
+        c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers/sft_prefix_peft.py")).arg("--shared-dir").arg(shared);
+    } else {
+        c.arg(&a.peer_script);
+    }
+    c.args(["--batch", &batch.to_string(), "--seq", &seq.to_string(), "--steps", &a.steps.to_string(), "--threads", &rayon::current_num_threads().to_string()]);
     if kind == "full" {
         c.arg("--full");
     }
@@ -192,6 +218,8 @@ fn peer(a: &TrainBench, kind: &str, batch: usize, seq: usize) -> Result<Option<s
 fn peer_kind(mode: &str) -> &'static str {
     if mode.contains("bf16") {
         "autocast"
+    } else if mode == "prefix" {
+        "prefix"
     } else if mode.starts_with("full") {
         "full"
     } else {
@@ -279,6 +307,7 @@ pub fn run(a: TrainBench) -> Result<()> {
         ("lora", "PyTorch + PEFT LoRA (fp32)", true),
         ("autocast", "PyTorch + PEFT LoRA (autocast bf16)", a.modes.iter().any(|m| m.contains("bf16"))),
         ("full", "PyTorch full fine-tuning (fp32)", a.modes.iter().any(|m| m.starts_with("full"))),
+        ("prefix", "PyTorch + PEFT prefix tuning (fp32, 20 tokens)", a.modes.iter().any(|m| m == "prefix")),
     ] {
         if !wanted {
             continue;
@@ -311,7 +340,11 @@ pub fn run(a: TrainBench) -> Result<()> {
             "qlora-gc" => "instill QLoRA, gradient checkpointing",
             "full" => "instill full fine-tuning",
             "full-gc" => "instill full fine-tuning, gradient checkpointing",
-            m => bail!("unknown mode {m}: use lora, lora-bf16, qlora, lora-gc, lora-bf16-gc, qlora-gc, full or full-gc"),
+            "loramoe" => "instill LoRAMoE (6 x r4 on the MLP; vs PyTorch LoRA)",
+            "adapter" => "instill parallel adapter (64 on down_proj; vs PyTorch LoRA)",
+            "prefix" => "instill prefix tuning (20 tokens)",
+            "mam" => "instill MAM (prefix 30 + adapter 64; vs PyTorch LoRA)",
+            m => bail!("unknown mode {m}: use lora, lora-bf16, qlora, lora-gc, lora-bf16-gc, qlora-gc, full, full-gc, loramoe, adapter, prefix or mam"),
         };
         let (t_rate, t_rss) = peer_of(peer_kind(mode));
         let m = &r["memory_mib"];

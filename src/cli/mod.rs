@@ -103,7 +103,7 @@ pub struct ModelArgs {
     /// Dequantize GGUF weights to f32 (reference numerics; slower, more memory).
     #[arg(long)]
     pub dequantize: bool,
-    /// An adapter directory (LoRA, LoRAMoE, prompt tuning or a sparse delta, e.g. runs/NAME/adapter).
+    /// An adapter directory (LoRA, LoRAMoE, prompt or prefix tuning, a bottleneck adapter, MAM or a sparse delta, e.g. runs/NAME/adapter).
     #[arg(long)]
     pub adapter: Option<std::path::PathBuf>,
 }

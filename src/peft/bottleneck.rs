@@ -20,7 +20,7 @@ use crate::model::linear::{Delta, Linear};
 use crate::model::CausalLm;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,11 +146,7 @@ impl BottleneckLayer {
         let mut x = x.reshape(((), k))?;
         let training = self.training.load(Ordering::Relaxed);
         if training && self.config.dropout > 0.0 {
-            let keep = 1.0 - self.config.dropout as f32;
-            let n = x.dim(0)?;
-            let mut rng = self.rng.lock().expect("dropout rng");
-            let m: Vec<f32> = (0..n * k).map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
-            let mask = Tensor::from_vec(m, (n, k), x.device())?;
+            let mask = super::dropout_mask(&self.rng, self.config.dropout as f32, x.dims2()?)?;
             x = (x * mask)?;
         }
         let (d, u) = if training { (self.down.as_tensor().clone(), self.up.as_tensor().clone()) } else { (self.down.as_tensor().detach(), self.up.as_tensor().detach()) };
@@ -196,12 +192,7 @@ pub struct Bottleneck {
     enabled: Arc<AtomicBool>,
 }
 
-const CONFIG_FILE: &str = "adapter_config.json";
-const WEIGHTS_FILE: &str = "adapter_model.safetensors";
-
-fn key(module: &str, part: &str) -> String {
-    format!("base_model.model.{module}.{part}.weight")
-}
+use super::{peft_key as key, CONFIG_FILE, WEIGHTS_FILE};
 
 /// The adapter's feature width where it meets the projection: its input for
 /// `parallel` and `input`, its output for `sequential` (the adapter reads and writes `h`).
@@ -218,11 +209,7 @@ impl Bottleneck {
     /// `up = 0`.
     pub fn attach(model: &mut CausalLm, config: &BottleneckConfig, seed: u64) -> Result<Self> {
         let mut rng = StdRng::seed_from_u64(seed);
-        Self::build(model, config, seed, |_, a_in, a_out, dev| {
-            let bound = 1.0 / (a_in as f32).sqrt();
-            let d: Vec<f32> = (0..config.bottleneck * a_in).map(|_| rng.gen_range(-bound..bound)).collect();
-            Ok((Tensor::from_vec(d, (config.bottleneck, a_in), dev)?, Tensor::zeros((a_out, config.bottleneck), DType::F32, dev)?))
-        })
+        Self::build(model, config, seed, |_, a_in, a_out, dev| Ok((super::kaiming_uniform(&mut rng, (config.bottleneck, a_in), dev)?, Tensor::zeros((a_out, config.bottleneck), DType::F32, dev)?)))
     }
 
     /// Load a saved adapter directory onto `model`.
@@ -337,10 +324,7 @@ impl Adapter for Bottleneck {
     }
 
     fn begin_step(&self, seed: u64, step: u64) {
-        for (i, (_, l)) in self.layers.iter().enumerate() {
-            let s = seed ^ step.wrapping_mul(0xA076_1D64_78BD_642F) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            *l.rng.lock().expect("dropout rng") = StdRng::seed_from_u64(s);
-        }
+        super::reseed(self.layers.iter().map(|(_, l)| &l.rng), seed, step);
     }
 
     fn save(&self, model: &CausalLm, dir: &Path) -> Result<()> {

@@ -10,7 +10,7 @@ use crate::model::linear::Delta;
 use crate::model::CausalLm;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,11 +123,8 @@ impl LoraLayer {
     }
 
     /// Inverted dropout from a seeded generator (runs are reproducible).
-    fn dropout_mask(&self, (n, k): (usize, usize)) -> Result<Tensor> {
-        let keep = 1.0 - self.dropout;
-        let mut rng = self.rng.lock().expect("dropout rng");
-        let m: Vec<f32> = (0..n * k).map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
-        Ok(Tensor::from_vec(m, (n, k), &candle_core::Device::Cpu)?)
+    fn dropout_mask(&self, nk: (usize, usize)) -> Result<Tensor> {
+        super::dropout_mask(&self.rng, self.dropout, nk)
     }
 }
 
@@ -139,24 +136,14 @@ pub struct Lora {
     enabled: Arc<AtomicBool>,
 }
 
-const CONFIG_FILE: &str = "adapter_config.json";
-
-/// PEFT's key for `part` (`lora_A`, `lora_B`) of a module.
-fn peft_key(module: &str, part: &str) -> String {
-    format!("base_model.model.{module}.{part}.weight")
-}
-const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+use super::{peft_key, CONFIG_FILE, WEIGHTS_FILE};
 
 impl Lora {
     /// Fresh LoRA on every targeted projection: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's
     /// Kaiming-uniform with a = sqrt(5)), B = 0, so the model starts unchanged.
     pub fn attach(model: &mut CausalLm, config: &LoraConfig, seed: u64) -> Result<Self> {
         let mut rng = StdRng::seed_from_u64(seed);
-        Self::build(model, config, seed, |_, out_f, in_f, dev| {
-            let bound = 1.0 / (in_f as f32).sqrt();
-            let a: Vec<f32> = (0..config.r * in_f).map(|_| rng.gen_range(-bound..bound)).collect();
-            Ok((Tensor::from_vec(a, (config.r, in_f), dev)?, Tensor::zeros((out_f, config.r), DType::F32, dev)?))
-        })
+        Self::build(model, config, seed, |_, out_f, in_f, dev| Ok((super::kaiming_uniform(&mut rng, (config.r, in_f), dev)?, Tensor::zeros((out_f, config.r), DType::F32, dev)?)))
     }
 
     /// Load a PEFT LoRA adapter directory onto `model`.
@@ -271,10 +258,7 @@ impl Adapter for Lora {
     }
 
     fn begin_step(&self, seed: u64, step: u64) {
-        for (i, (_, l)) in self.layers.iter().enumerate() {
-            let s = seed ^ step.wrapping_mul(0xA076_1D64_78BD_642F) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            *l.rng.lock().expect("dropout rng") = StdRng::seed_from_u64(s);
-        }
+        super::reseed(self.layers.iter().map(|(_, l)| &l.rng), seed, step);
     }
 
     fn save(&self, model: &CausalLm, dir: &Path) -> Result<()> {

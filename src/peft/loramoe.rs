@@ -214,11 +214,8 @@ impl MoeLayer {
     }
 
     /// Inverted dropout from the layer's seeded generator.
-    fn dropout_mask(&self, (n, k): (usize, usize)) -> Result<Tensor> {
-        let keep = 1.0 - self.dropout;
-        let mut rng = self.rng.lock().expect("dropout rng");
-        let m: Vec<f32> = (0..n * k).map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
-        Ok(Tensor::from_vec(m, (n, k), &candle_core::Device::Cpu)?)
+    fn dropout_mask(&self, nk: (usize, usize)) -> Result<Tensor> {
+        super::dropout_mask(&self.rng, self.dropout, nk)
     }
 
     /// Expert `e`'s A `(r, in)` and B `(out, r)` (B in the model's row order).
@@ -244,12 +241,7 @@ pub struct Loramoe {
     enabled: Arc<AtomicBool>,
 }
 
-const CONFIG_FILE: &str = "adapter_config.json";
-const WEIGHTS_FILE: &str = "adapter_model.safetensors";
-
-fn key(module: &str, part: &str) -> String {
-    format!("base_model.model.{module}.{part}.weight")
-}
+use super::{peft_key as key, CONFIG_FILE, WEIGHTS_FILE};
 
 /// The initial (A, B, route) of one projection.
 type Init<'a> = dyn FnMut(&str, usize, usize, &candle_core::Device) -> Result<(Tensor, Tensor, Tensor)> + 'a;
@@ -375,10 +367,7 @@ impl Adapter for Loramoe {
     }
 
     fn begin_step(&self, seed: u64, step: u64) {
-        for (i, (_, l)) in self.layers.iter().enumerate() {
-            let s = seed ^ step.wrapping_mul(0xA076_1D64_78BD_642F) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            *l.rng.lock().expect("dropout rng") = StdRng::seed_from_u64(s);
-        }
+        super::reseed(self.layers.iter().map(|(_, l)| &l.rng), seed, step);
     }
 
     fn clear_aux(&self) {

@@ -94,6 +94,43 @@ pub fn peft_type(dir: &Path) -> Result<String> {
     v["peft_type"].as_str().map(str::to_string).ok_or_else(|| crate::Error::file(&path, "no \"peft_type\" string"))
 }
 
+/// The file names of an adapter directory in PEFT's layout.
+pub(crate) const CONFIG_FILE: &str = "adapter_config.json";
+pub(crate) const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// PEFT's saved key for `part` (`lora_A`, `adapter_down`, ...) of a module.
+pub(crate) fn peft_key(module: &str, part: &str) -> String {
+    format!("base_model.model.{module}.{part}.weight")
+}
+
+/// Re-seed each layer's dropout generator for optimiser step `step`, so a resumed run
+/// draws exactly what an uninterrupted one would.
+pub(crate) fn reseed<'a>(rngs: impl Iterator<Item = &'a std::sync::Mutex<rand::rngs::StdRng>>, seed: u64, step: u64) {
+    use rand::SeedableRng;
+    for (i, rng) in rngs.enumerate() {
+        let s = seed ^ step.wrapping_mul(0xA076_1D64_78BD_642F) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        *rng.lock().expect("dropout rng") = rand::rngs::StdRng::seed_from_u64(s);
+    }
+}
+
+/// `(rows, fan_in)` drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's and PEFT's
+/// Kaiming-uniform with a = sqrt(5), the start of LoRA's A and an adapter's down.
+pub(crate) fn kaiming_uniform(rng: &mut rand::rngs::StdRng, (rows, fan_in): (usize, usize), dev: &candle_core::Device) -> Result<candle_core::Tensor> {
+    use rand::Rng;
+    let bound = 1.0 / (fan_in as f32).sqrt();
+    let v: Vec<f32> = (0..rows * fan_in).map(|_| rng.gen_range(-bound..bound)).collect();
+    Ok(candle_core::Tensor::from_vec(v, (rows, fan_in), dev)?)
+}
+
+/// An inverted-dropout mask `(n, k)` keeping each value with probability `1 - p`.
+pub(crate) fn dropout_mask(rng: &std::sync::Mutex<rand::rngs::StdRng>, p: f32, (n, k): (usize, usize)) -> Result<candle_core::Tensor> {
+    use rand::Rng;
+    let keep = 1.0 - p;
+    let mut rng = rng.lock().expect("dropout rng");
+    let m: Vec<f32> = (0..n * k).map(|_| if rng.gen::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
+    Ok(candle_core::Tensor::from_vec(m, (n, k), &candle_core::Device::Cpu)?)
+}
+
 /// Write `bytes` to `path` through a temp file and a rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("partial.{}", std::process::id()));

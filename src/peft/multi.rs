@@ -185,7 +185,15 @@ impl AdapterSet {
                 model.prefix = saved;
                 Kind::Prompt { prefix: loaded?.ok_or_else(|| Error::file(dir, "prompt-tuning adapter without embeddings"))? }
             }
-            other => return Err(Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: the server loads LORA and PROMPT_TUNING adapters"))),
+            "SPARSE" => {
+                return Err(Error::file(dir.join("adapter_config.json"), "a sparse delta changes the shared base weights: graft it (`instill graft --delta` or `export --merge`) and serve the result"))
+            }
+            other => {
+                return Err(Error::file(
+                    dir.join("adapter_config.json"),
+                    format!("peft_type {other:?}: the server batches LORA and PROMPT_TUNING adapters per request; use this one with `instill generate --adapter` or `instill eval --adapter`"),
+                ))
+            }
         };
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.served.push(Served { name: name.to_string(), path: dir.to_path_buf(), kind, created });
