@@ -127,6 +127,8 @@ fn worker(a: &TrainBench, mode: &str) -> Result<serde_json::Value> {
     let mut losses = vec![];
     for i in 0..a.steps + 2 {
         let t = Instant::now();
+        // As the trainer does before each micro-batch (LoRAMoE records its router weights).
+        adapter.clear_aux();
         let g = loss_and_grads(&model, std::slice::from_ref(&rows), &params)?;
         opt.step(&g.grads, 2e-4)?;
         losses.push(g.loss);

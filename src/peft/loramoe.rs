@@ -162,8 +162,12 @@ pub struct MoeLayer {
     top_k: Option<usize>,
     training: Arc<AtomicBool>,
     enabled: Arc<AtomicBool>,
-    /// The router weights of each training forward since the last `clear_aux`: `(tokens, E)`.
+    /// The router weights of each training forward since the last `clear_aux`: `(tokens, E)`;
+    /// detached when no constraint differentiates them (statistics only), so a caller that
+    /// never clears them keeps numbers, not every step's graph.
     gates: Mutex<Vec<Tensor>>,
+    /// The balancing constraint is on: keep the gates' graph for its gradient.
+    constrained: bool,
     rng: Mutex<StdRng>,
 }
 
@@ -185,7 +189,7 @@ impl Delta for MoeLayer {
         let (a, b, route) = (get(&self.a), get(&self.b), get(&self.route));
         let gate = self.gate(&x2.matmul(&route.t()?)?)?;
         if training {
-            self.gates.lock().expect("gates").push(gate.clone());
+            self.gates.lock().expect("gates").push(if self.constrained { gate.clone() } else { gate.detach() });
         }
         // One dropout mask for all the experts of a projection (see the module notes).
         let xd = if training && self.dropout > 0.0 { (&x2 * self.dropout_mask(x2.dims2()?)?)? } else { x2 };
@@ -316,6 +320,7 @@ impl Loramoe {
                 training: training.clone(),
                 enabled: enabled.clone(),
                 gates: Mutex::new(vec![]),
+                constrained: config.balance_weight > 0.0,
                 rng: Mutex::new(StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))),
             });
             p.linear.adapter = Some(layer.clone());
