@@ -7,7 +7,7 @@
 # task data), then every arm and the base model evaluated on
 #   world: the Jeopardy task's held-out eval_dev instances (its training instances are
 #          in the world data, these are not), and
-#   mmlu:  MMLU questions of the 40 subjects *not* trained on (forgetting),
+#   mmlu:  MMLU questions of the 41 subjects *not* trained on (transfer and forgetting),
 # 2-shot SuperNI prompts, greedy, the model's chat template. Writes runs/loramoe-exp/*
 # and reports/loramoe-*; experiments/loramoe/table.py prints the README table.
 set -euo pipefail
