@@ -92,6 +92,12 @@ fn load_merged(mut margs: ModelArgs) -> Result<(instill::CausalLm, instill::Toke
             "PROMPT_TUNING" => bail!("{}: a prompt-tuning adapter cannot be merged into the weights; use it with --adapter", dir.display()),
             "LORAMOE" => bail!("{}: a LoRAMoE adapter cannot be merged into the weights (its router mixes the experts differently for every token); use it with --adapter", dir.display()),
             "BOTTLENECK" => bail!("{}: a bottleneck adapter cannot be merged into the weights (its non-linearity is not a matrix); use it with --adapter", dir.display()),
+            "PAT" => {
+                // Folded and pruned: the model comes out with fewer hidden channels.
+                let (kept, hidden) = instill::peft::pat::Pat::load(&mut model, &dir)?.prune(&mut model)?;
+                eprintln!("PAT: kept {kept} of {hidden} hidden channels ({:.1}% pruned)", 100.0 * (1.0 - kept as f64 / hidden as f64));
+                return Ok((model, tok));
+            }
             "SPARSE" => {
                 // A sparse delta is added into the weights as it loads.
                 instill::peft::sparse::Sparse::load(&mut model, &dir)?;

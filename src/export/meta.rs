@@ -36,7 +36,16 @@ pub fn model_metadata(model: &CausalLm, source: &ModelSource, tok: &Tokenizer, q
     match source {
         ModelSource::Gguf(p) => {
             let md = Metadata::read(p)?;
-            Ok(finish(md.content.metadata.into_iter().collect(), quant))
+            let mut kv: Vec<(String, Value)> = md.content.metadata.into_iter().collect();
+            // The model's own shape wins over the source's (a pruned model is narrower).
+            let arch = model.arch.name();
+            for (k, v) in hyper_parameters(arch, &model.config, "") {
+                if k.starts_with(&format!("{arch}.")) {
+                    kv.retain(|(x, _)| *x != k);
+                    kv.push((k, v));
+                }
+            }
+            Ok(finish(kv, quant))
         }
         ModelSource::HfDir(d) => {
             let name = d.file_name().map_or("model".into(), |n| n.to_string_lossy().to_string());

@@ -148,6 +148,8 @@ pub struct Block {
     pub mlp: Mlp,
     pub post_mlp_norm: Option<RmsNorm>,
     pub sliding: bool,
+    /// PAT's sparsification modules on the attention's and the FFN's outputs.
+    pub hsm: Option<std::sync::Arc<super::hsm::BlockHsm>>,
 }
 
 impl Block {
@@ -161,10 +163,16 @@ impl Block {
         prefix_kv: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
         let h = self.attn.forward(&self.attn_norm.forward(x)?, rope, mask, cache, starts, prefix_kv)?;
-        let h = maybe_norm(&self.post_attn_norm, h)?;
+        let mut h = maybe_norm(&self.post_attn_norm, h)?;
+        if let Some(s) = &self.hsm {
+            h = s.attn.forward(&h)?;
+        }
         let x = (x + h)?;
         let h = self.mlp.forward(&self.mlp_norm.forward(&x)?)?;
-        let h = maybe_norm(&self.post_mlp_norm, h)?;
+        let mut h = maybe_norm(&self.post_mlp_norm, h)?;
+        if let Some(s) = &self.hsm {
+            h = s.mlp.forward(&h)?;
+        }
         Ok((x + h)?)
     }
 }
@@ -210,6 +218,14 @@ impl Block {
             }
         }
         out.extend(self.norms().into_iter().flatten().filter(|n| n.weight.track_op()).map(|n| n.weight.clone()));
+        if let Some(s) = &self.hsm {
+            // The shared mask once, though both modules read it.
+            for t in s.attn.tensors().into_iter().chain(s.mlp.tensors()) {
+                if !out.iter().any(|o| o.id() == t.id()) {
+                    out.push(t);
+                }
+            }
+        }
         out
     }
 }

@@ -5,6 +5,7 @@ pub mod block;
 pub mod cache;
 pub mod config;
 pub mod gguf;
+pub mod hsm;
 pub mod kernels;
 pub mod linear;
 pub mod ops;
@@ -74,6 +75,8 @@ pub struct CausalLm {
     pub prefix: Option<Tensor>,
     /// Per-layer key/value prefixes (prefix tuning).
     pub kv_prefix: Option<prefix::KvPrefix>,
+    /// PAT's sparsification module after the embeddings (the blocks hold theirs).
+    hsm_embed: Option<hsm::Hsm>,
 }
 
 impl CausalLm {
@@ -140,6 +143,7 @@ impl CausalLm {
                 mlp: Mlp { gate: linear(&format!("{p}.ffn_gate"))?, up: linear(&format!("{p}.ffn_up"))?, down: linear(&format!("{p}.ffn_down"))?, act: c.activation },
                 post_mlp_norm: opt_norm(&format!("{p}.post_ffw_norm.weight"), c.sandwich_norm)?,
                 sliding: c.is_sliding(i),
+                hsm: None,
             });
         }
         let emb_w = w.get("token_embd.weight")?;
@@ -150,7 +154,7 @@ impl CausalLm {
         let head_w = w.opt("output.weight").unwrap_or(emb_w);
         let lm_head = make_linear(head_w, None, opts)?;
         check_shapes(c, &embed, &w.path)?;
-        Ok(CausalLm { norm: norm("output_norm.weight")?, config, arch, embed, blocks, lm_head, device: opts.device.clone(), checkpointing: false, prefix: None, kv_prefix: None })
+        Ok(CausalLm { norm: norm("output_norm.weight")?, config, arch, embed, blocks, lm_head, device: opts.device.clone(), checkpointing: false, prefix: None, kv_prefix: None, hsm_embed: None })
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -262,6 +266,9 @@ impl CausalLm {
             }
             _ => self.embed(&Tensor::from_vec(batch.tokens.concat(), (b, t), &self.device)?)?,
         };
+        if let Some(h) = &self.hsm_embed {
+            x = h.forward(&x)?;
+        }
         let kv_prefix = match prefix {
             Some(Prefix::Kv(k)) => Some(k),
             _ => None,

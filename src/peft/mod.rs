@@ -8,6 +8,7 @@ pub mod loramoe;
 mod loramoe_balance;
 pub mod mam;
 pub mod multi;
+pub mod pat;
 pub mod prefix;
 pub mod prompt;
 pub mod sparse;
@@ -29,6 +30,8 @@ pub trait Adapter {
     /// Re-seed any randomness (dropout) for optimiser step `step`, so a resumed run
     /// draws exactly what an uninterrupted one would.
     fn begin_step(&self, seed: u64, step: u64);
+    /// The run's number of optimiser steps, before the first (PAT's schedule follows it).
+    fn set_total_steps(&self, _total: usize) {}
     /// Write the adapter to `dir` (created; files replaced atomically), in the layout
     /// Hugging Face tools read.
     fn save(&self, model: &crate::CausalLm, dir: &Path) -> Result<()>;
@@ -80,9 +83,11 @@ pub fn load_adapter(model: &mut crate::CausalLm, dir: &Path) -> Result<Box<dyn A
         "BOTTLENECK" => Ok(Box::new(bottleneck::Bottleneck::load(model, dir)?)),
         "PREFIX_TUNING" => Ok(Box::new(prefix::PrefixTuning::load(model, dir)?)),
         "MAM" => Ok(Box::new(mam::Mam::load(model, dir)?)),
-        other => {
-            Err(crate::Error::file(dir.join("adapter_config.json"), format!("peft_type {other:?}: instill loads LORA, LORAMOE, PROMPT_TUNING, PREFIX_TUNING, BOTTLENECK, MAM and SPARSE adapters")))
-        }
+        "PAT" => Ok(Box::new(pat::Pat::load(model, dir)?)),
+        other => Err(crate::Error::file(
+            dir.join("adapter_config.json"),
+            format!("peft_type {other:?}: instill loads LORA, LORAMOE, PROMPT_TUNING, PREFIX_TUNING, BOTTLENECK, MAM, PAT and SPARSE adapters"),
+        )),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::peft::bottleneck::BottleneckConfig;
 use crate::peft::full::FullConfig;
 use crate::peft::lora::LoraConfig;
 use crate::peft::loramoe::LoramoeConfig;
+use crate::peft::pat::PatConfig;
 use crate::peft::prefix::PrefixConfig;
 use crate::peft::prompt::PromptConfig;
 use crate::peft::sparse::SparseConfig;
@@ -99,6 +100,10 @@ pub struct Recipe {
     /// For `method: sparse`: mask density, when the mask is picked, which weights.
     #[serde(default)]
     pub sparse: SparseConfig,
+    /// For `method: pat`: target sparsity of the hidden channels, module rank, mask schedule
+    /// (LoRA's settings come from `lora`).
+    #[serde(default)]
+    pub pat: PatConfig,
     #[serde(default = "default_lr")]
     pub lr: f64,
     #[serde(default)]
@@ -203,6 +208,9 @@ pub enum Method {
     /// Sparse fine-tuning: full tuning, a mask of the most-changed weights, then
     /// retraining only the mask (or grafting it); the result is a sparse delta.
     Sparse,
+    /// PAT (pruning-aware tuning): LoRA plus hidden-channel sparsification modules under
+    /// one trainable mask; `export --merge` writes the smaller model.
+    Pat,
 }
 
 fn default_objective() -> String {
@@ -334,6 +342,15 @@ impl Recipe {
                 if at > total {
                     return Err(format!("sparse.localize_steps: {at} is past the run's max_steps {total}"));
                 }
+            }
+        }
+        if self.method == Method::Pat {
+            self.pat.check()?;
+            if self.objective.starts_with("reward") {
+                return Err("method: a reward model is saved as a sequence-classification model; PAT's pruned model is exported with `export --merge`, so use lora or full".into());
+            }
+            if self.init_adapter.is_some() {
+                return Err("init_adapter: PAT starts its mask and modules fresh".into());
             }
         }
         if self.max_steps == Some(0) {

@@ -10,7 +10,7 @@ use super::optim::AdamW;
 use super::recipe::{Method, Recipe};
 use super::reference::{self, Reference};
 use super::step::{clip_grad_norm, evaluate, objective_step};
-use crate::peft::{bottleneck::Bottleneck, full::Full, head::ScoreHead, lora::Lora, loramoe::Loramoe, mam::Mam, prefix::PrefixTuning, prompt::PromptTuning, sparse::Sparse, Adapter};
+use crate::peft::{bottleneck::Bottleneck, full::Full, head::ScoreHead, lora::Lora, loramoe::Loramoe, mam::Mam, pat::Pat, prefix::PrefixTuning, prompt::PromptTuning, sparse::Sparse, Adapter};
 use crate::tokenizer::Tokenizer;
 use crate::{CausalLm, Error, LoadOptions, Result};
 use candle_core::Var;
@@ -67,7 +67,7 @@ pub type OnEvent<'a> = &'a mut dyn FnMut(Event);
 pub fn final_dir(m: Method, objective: &str) -> &'static str {
     match m {
         _ if objective.starts_with("reward") => "model",
-        Method::Lora | Method::Prompt | Method::Loramoe | Method::Sparse | Method::Adapter | Method::Prefix | Method::Mam => "adapter",
+        Method::Lora | Method::Prompt | Method::Loramoe | Method::Sparse | Method::Adapter | Method::Prefix | Method::Mam | Method::Pat => "adapter",
         Method::Full => "model",
     }
 }
@@ -176,6 +176,10 @@ fn attach(recipe: &Recipe, model: &mut CausalLm, tok: &Tokenizer, latest: Option
             Some(dir) => Bottleneck::load(model, dir)?,
             None => Bottleneck::attach(model, &recipe.adapter, recipe.seed)?,
         }),
+        Method::Pat => Box::new(match latest {
+            Some(dir) => Pat::load(model, dir)?,
+            None => Pat::attach(model, &recipe.pat, &recipe.lora, recipe.lr, recipe.seed)?,
+        }),
         Method::Sparse => Box::new(Sparse::attach(model, tok, &recipe.sparse, base, latest)?),
         Method::Loramoe => Box::new(match from {
             Some(dir) => Loramoe::load(model, dir)?,
@@ -226,6 +230,7 @@ fn run_steps(recipe: &Recipe, run: &mut Run, refs: &Refs, out: &Path, on: OnEven
     let mut stream = Stream::new(&run.train, recipe, l.pad, by_units, run.objective.sequential());
     let total = recipe.max_steps.unwrap_or_else(|| (stream.per_epoch() * recipe.epochs).div_ceil(recipe.grad_accum));
     stream.skip(run.start * recipe.grad_accum);
+    run.adapter.set_total_steps(total);
     let val_batches = all_batches(&run.val, recipe.batch_size, l.pad, by_units, (l.max_len, l.packing));
     let mut metrics = Metrics::open(out, run.start)?;
     catch_ctrl_c();
@@ -342,7 +347,7 @@ fn save_result(recipe: &Recipe, run: &Run, dir: &Path) -> Result<()> {
             crate::model::reward::RewardModel::save(&base, &head, &attributes, &run.tok, &run.template, dir)
         }
         Method::Full => crate::model::reward::RewardModel::save(&run.model, &head, &attributes, &run.tok, &run.template, dir),
-        Method::Prompt | Method::Loramoe | Method::Sparse | Method::Adapter | Method::Prefix | Method::Mam => {
+        Method::Prompt | Method::Loramoe | Method::Sparse | Method::Adapter | Method::Prefix | Method::Mam | Method::Pat => {
             Err(Error::Input(format!("a reward model with {} cannot be saved as a sequence-classification model; use method lora or full", run.adapter.method())))
         }
     }

@@ -1,0 +1,373 @@
+//! PAT, pruning-aware tuning (Liu et al. 2024; kriskrisliu/PAT_Pruning-Aware-Tuning):
+//! LoRA on the projections plus hybrid sparsification modules (`model/hsm.rs`) after the
+//! embeddings and on every attention and FFN output, all gated by one trainable mask over
+//! the hidden channels. The mask `m` (one logit per channel, from 0) gates through
+//! `sigmoid(T m) + b` with the official code's schedule over `anneal_steps` G: the
+//! temperature `T = 1 / (1 - ln(step) / ln(G))` rises, the bias `b = max(0.5 - step / G, 0)`
+//! falls to 0, and from `0.8 G` the gate stops passing the language-model gradient to the
+//! mask, with `T` held at its `0.8 G` value. The method's loss adds
+//! `10 |#{m >= 0} - D| / D` (the kept count, by a straight-through estimate, towards the
+//! target `D = round((1 - sparsity) hidden)`), `mean((m - 0.5)^2)` over positive and
+//! `mean((m + 0.5)^2)` over the other logits (polarisation), and with `identity_loss`
+//! each module's `MSE(D D^T, I)`, averaged over the modules (the official code counts the
+//! last layer's only). Loaded for inference, the gate is the mask's sign; `export --merge`
+//! folds the modules in and writes a model of hidden size `#{m > 0}`.
+//!
+//! The mask trains at its own learning rate, `mask_lr` (default 50 x `lr`; the official
+//! runs move it by `lr` per step over 10 000 steps): it is held as `m / k`, `k` the ratio.
+//!
+//! Saved as `adapter_config.json` (`peft_type: PAT`), `adapter_model.safetensors`
+//! (`pat.mask_logits` (hidden,) as `m / k`; `model.layers.N.pat_attn.{down,up,scale}` and
+//! `pat_mlp.*`; `model.embed_tokens.pat.*` for untied embeddings) and `lora/`, PEFT's LoRA.
+use super::lora::{Lora, LoraConfig};
+use super::{save_tensors, write_atomic, Adapter, AuxLoss, TokenGroups, CONFIG_FILE, WEIGHTS_FILE};
+use crate::model::hsm::{BlockHsm, Gate, Hsm};
+use crate::model::CausalLm;
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, Var};
+use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatConfig {
+    /// The fraction of hidden channels to remove.
+    #[serde(default = "quarter")]
+    pub sparsity: f64,
+    /// Rank of each module's operator `I + U D`.
+    #[serde(default = "rank")]
+    pub rank: usize,
+    /// The orthogonality term `MSE(D D^T, I)` and the per-channel scale.
+    #[serde(default = "yes")]
+    pub identity_loss: bool,
+    /// Weight of the kept-count term.
+    #[serde(default = "ten")]
+    pub count_weight: f64,
+    /// Learning rate of the mask logits (default 50 x `lr`).
+    pub mask_lr: Option<f64>,
+    /// Steps of the temperature schedule (default: the run's).
+    pub anneal_steps: Option<usize>,
+}
+
+fn quarter() -> f64 {
+    0.25
+}
+fn rank() -> usize {
+    64
+}
+fn yes() -> bool {
+    true
+}
+fn ten() -> f64 {
+    10.0
+}
+
+impl Default for PatConfig {
+    fn default() -> Self {
+        PatConfig { sparsity: quarter(), rank: rank(), identity_loss: true, count_weight: ten(), mask_lr: None, anneal_steps: None }
+    }
+}
+
+impl PatConfig {
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if !(self.sparsity > 0.0 && self.sparsity < 1.0) {
+            return Err(format!("pat.sparsity: {} is not a fraction in (0, 1)", self.sparsity));
+        }
+        if self.rank == 0 {
+            return Err("pat.rank: must be at least 1".into());
+        }
+        if self.mask_lr.is_some_and(|l| !(l > 0.0 && l.is_finite())) || self.anneal_steps == Some(0) {
+            return Err("pat.mask_lr and pat.anneal_steps: must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The number of channels to keep out of `hidden`.
+    pub fn target(&self, hidden: usize) -> usize {
+        (((1.0 - self.sparsity) * hidden as f64).round() as usize).clamp(1, hidden)
+    }
+}
+
+/// The gate's temperature and bias at `step` of `g`, and whether the language-model loss
+/// still reaches the mask (the official `DimDownMask.step`).
+pub fn schedule(step: usize, g: usize) -> (f64, f64, bool) {
+    let t = |s: usize| 1.0 / (1.0 - (s.max(1) as f64).ln() / (g.max(2) as f64).ln() + 1e-6);
+    let bias = (0.5 - step as f64 / g as f64).max(0.0);
+    let freeze = (g as f64 * 0.8) as usize;
+    if step < freeze {
+        (t(step), bias, true)
+    } else {
+        (t(freeze), bias, false)
+    }
+}
+
+/// One module's tensors (None where it has not that part).
+struct Module {
+    down: Option<Var>,
+    up: Option<Var>,
+    scale: Option<Var>,
+}
+
+pub struct Pat {
+    pub config: PatConfig,
+    pub lora: Lora,
+    /// `m / k`, `(hidden,)`.
+    pub mask: Var,
+    /// `k`: the mask's learning rate over the run's.
+    pub gain: f64,
+    embed: Module,
+    /// (HF module prefix, attention's module, FFN's module) per layer.
+    layers: Vec<(String, Module, Module)>,
+    gate: Gate,
+    training: AtomicBool,
+    total: AtomicUsize,
+}
+
+type Init<'a> = dyn FnMut(&str, (usize, usize)) -> Result<Tensor> + 'a;
+
+impl Pat {
+    /// Fresh modules (`D` Kaiming-uniform, `U` = 0, `s` = 1, mask logits 0: the model
+    /// starts unchanged) and a fresh LoRA; `lr` is the run's learning rate.
+    pub fn attach(model: &mut CausalLm, config: &PatConfig, lora: &LoraConfig, lr: f64, seed: u64) -> Result<Self> {
+        config.check().map_err(Error::Input)?;
+        let lora = Lora::attach(model, lora, seed)?;
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x7A7_5EED);
+        let dev = model.device.clone();
+        let mut init = |name: &str, shape: (usize, usize)| -> Result<Tensor> {
+            Ok(match name.rsplit('.').next() {
+                Some("down") => super::kaiming_uniform(&mut rng, shape, &dev)?,
+                Some("up") => Tensor::zeros(shape, DType::F32, &dev)?,
+                _ => Tensor::ones(shape.0, DType::F32, &dev)?,
+            })
+        };
+        let gain = config.mask_lr.unwrap_or(50.0 * lr) / lr;
+        let mask = Tensor::zeros(model.config.hidden_size, DType::F32, &dev)?;
+        Self::build(model, config.clone(), lora, mask, gain, &mut init)
+    }
+
+    /// A saved PAT adapter: its gate is the mask's sign (the model as it will be pruned).
+    pub fn load(model: &mut CausalLm, dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::file(&cfg_path, e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&cfg_path, format!("invalid JSON: {e}")))?;
+        if v["peft_type"] != "PAT" {
+            return Err(Error::file(&cfg_path, format!("peft_type: {} (expected \"PAT\")", v["peft_type"])));
+        }
+        let config: PatConfig = serde_json::from_value(v["pat"].clone()).map_err(|e| Error::file(&cfg_path, format!("pat: {e}")))?;
+        let gain = v["mask_gain"].as_f64().filter(|g| *g > 0.0).ok_or_else(|| Error::file(&cfg_path, "mask_gain: missing or not positive"))?;
+        let lora = Lora::load(model, &dir.join("lora"))?;
+        let path = dir.join(WEIGHTS_FILE);
+        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &model.device).map_err(|e| Error::file(&path, e.to_string()))?;
+        let get = |k: &str| -> Result<Tensor> { Ok(tensors.get(k).ok_or_else(|| Error::file(&path, format!("missing tensor {k}")))?.to_dtype(DType::F32)?) };
+        let mask = get("pat.mask_logits")?;
+        let (h, rank) = (model.config.hidden_size, config.rank);
+        let init = |name: &str, shape: (usize, usize)| -> Result<Tensor> {
+            let t = get(name)?;
+            let want: Vec<usize> = if name.ends_with("scale") { vec![shape.0] } else { vec![shape.0, shape.1] };
+            if t.dims() != want.as_slice() {
+                return Err(Error::file(&path, format!("{name}: shape {:?}, expected {want:?} (hidden size {h}, rank {rank})", t.dims())));
+            }
+            Ok(t)
+        };
+        if mask.dims() != [h] {
+            return Err(Error::file(&path, format!("pat.mask_logits: shape {:?}, but the model's hidden size is {h}", mask.dims())));
+        }
+        let pat = Self::build(model, config, lora, mask, gain, &mut |n, s| init(n, s))?;
+        pat.harden()?;
+        Ok(pat)
+    }
+
+    fn build(model: &mut CausalLm, config: PatConfig, lora: Lora, mask: Tensor, gain: f64, init: &mut Init) -> Result<Self> {
+        if model.config.sandwich_norm || model.config.embed_scale.is_some() {
+            return Err(Error::Unsupported(format!("PAT: {} normalises attention and FFN outputs over every channel (and scales its embeddings by the width), so its pruned model would not compute what was trained; PAT runs on llama and qwen2 models", model.arch.name())));
+        }
+        let (h, r) = (model.config.hidden_size, config.rank);
+        let mut module = |prefix: &str, with_ops: bool| -> Result<Module> {
+            if !with_ops {
+                return Ok(Module { down: None, up: None, scale: None });
+            }
+            let var = |t: Tensor| Var::from_tensor(&t);
+            let mut ops = |n: &str, s| init(&format!("{prefix}.{n}"), s);
+            let (down, up) = (var(ops("down", (r, h))?)?, var(ops("up", (h, r))?)?);
+            let scale = if config.identity_loss { Some(var(ops("scale", (h, 1))?)?) } else { None };
+            Ok(Module { down: Some(down), up: Some(up), scale })
+        };
+        // Tied embeddings are also the output head: their module is the gate alone.
+        let embed = module("model.embed_tokens.pat", !model.config.tie_embeddings)?;
+        let mut layers = vec![];
+        for i in 0..model.config.num_layers {
+            let p = format!("model.layers.{i}");
+            let (a, m) = (module(&format!("{p}.pat_attn"), true)?, module(&format!("{p}.pat_mlp"), true)?);
+            layers.push((p, a, m));
+        }
+        let pat = Pat { config, lora, mask: Var::from_tensor(&mask)?, gain, embed, layers, gate: Gate::default(), training: AtomicBool::new(false), total: AtomicUsize::new(0) };
+        let hsm = |m: &Module| Hsm {
+            down: m.down.as_ref().map(|v| v.as_tensor().clone()),
+            up: m.up.as_ref().map(|v| v.as_tensor().clone()),
+            scale: m.scale.as_ref().map(|v| v.as_tensor().clone()),
+            gate: pat.gate.clone(),
+            gate_source: Some(pat.mask.as_tensor().clone()),
+        };
+        let blocks = pat.layers.iter().map(|(_, a, m)| BlockHsm { attn: hsm(a), mlp: hsm(m) }).collect();
+        model.set_hsm(Some(hsm(&pat.embed)), Some(blocks))?;
+        Ok(pat)
+    }
+
+    /// The gate the pruned model has: 1 where the mask logit is positive.
+    pub fn hard_gate(&self) -> Result<Tensor> {
+        Ok(self.mask.as_tensor().gt(0f64)?.to_dtype(DType::F32)?)
+    }
+
+    /// Gate by the mask's sign, as the pruned model will (a loaded adapter does).
+    pub fn harden(&self) -> Result<()> {
+        self.gate.set(Some(self.hard_gate()?));
+        Ok(())
+    }
+
+    /// The hidden channels a pruned model keeps (positive mask logits), ascending.
+    pub fn kept(&self) -> Result<Vec<u32>> {
+        let m = self.mask.as_tensor().to_vec1::<f32>()?;
+        Ok((0..m.len() as u32).filter(|&i| m[i as usize] > 0.0).collect())
+    }
+
+    /// The mask `k m`, whose gradient reaches `m` unscaled: AdamW then moves `m` by the
+    /// run's step sizes, so the mask moves `k` times faster, and gradient clipping sees
+    /// the official code's gradient.
+    fn scaled(&self) -> Result<Tensor> {
+        let m = self.mask.as_tensor();
+        Ok((m + ((m * self.gain)? - m)?.detach())?)
+    }
+
+    /// The soft gate at `step`: `sigmoid(T k m) + b`, with the official code's floor of
+    /// `sigmoid(-10)`; without the mask's graph from `0.8 G`.
+    fn soft_gate(&self, step: usize) -> Result<Tensor> {
+        let g = self.config.anneal_steps.unwrap_or_else(|| self.total.load(Ordering::Relaxed)).max(1);
+        let (t, bias, live) = schedule(step, g);
+        let m = if live { self.scaled()? } else { self.scaled()?.detach() };
+        let z = (m * t)?;
+        let floor = z.ge(-10f64)?.to_dtype(DType::F32)?;
+        let z = ((&z * &floor)? + ((1.0 - &floor)? * -10.0)?)?;
+        Ok(((z.neg()?.exp()? + 1.0)?.recip()? + bias)?)
+    }
+
+    /// Fold the LoRA and the modules into `model` and prune it to the kept channels
+    /// (`export --merge`). Returns (kept, hidden).
+    pub fn prune(&self, model: &mut CausalLm) -> Result<(usize, usize)> {
+        let keep = self.kept()?;
+        let h = model.config.hidden_size;
+        if keep.is_empty() {
+            return Err(Error::Input("PAT: every mask logit is negative, so the pruned model would keep no channel".into()));
+        }
+        self.lora.merge_into(model)?;
+        model.prune_hidden(&keep)?;
+        Ok((keep.len(), h))
+    }
+
+    fn modules(&self) -> impl Iterator<Item = (String, &Module)> {
+        let e = std::iter::once(("model.embed_tokens.pat".to_string(), &self.embed));
+        e.chain(self.layers.iter().flat_map(|(p, a, m)| [(format!("{p}.pat_attn"), a), (format!("{p}.pat_mlp"), m)]))
+    }
+
+    /// `(count term, polarisation term, identity term)` and the kept count.
+    fn terms(&self) -> Result<(Tensor, Tensor, Option<Tensor>, usize)> {
+        let m = self.mask.as_tensor();
+        let h = m.dim(0)?;
+        let d = self.config.target(h) as f64;
+        let mk = self.scaled()?;
+        let hard = m.ge(0f64)?.to_dtype(DType::F32)?;
+        let ste = (&mk + (&hard - &mk)?.detach())?;
+        let count = ((ste.sum_all()? - d)?.abs()? * (self.config.count_weight / d))?;
+        let pos = m.gt(0f64)?.to_dtype(DType::F32)?;
+        let neg = (1.0 - &pos)?;
+        let npos = pos.sum_all()?.to_scalar::<f32>()?;
+        let nneg = h as f32 - npos;
+        let part = |sel: &Tensor, target: f64, n: f32| -> Result<Tensor> { Ok((((&mk - target)?.sqr()? * sel)?.sum_all()? / n.max(1.0) as f64)?) };
+        let polar = (part(&pos, 0.5, npos)? + part(&neg, -0.5, nneg)?)?;
+        let mut ident = vec![];
+        for (_, md) in self.modules() {
+            if let (Some(dn), true) = (&md.down, self.config.identity_loss) {
+                let dn = dn.as_tensor();
+                let eye = Tensor::eye(dn.dim(0)?, DType::F32, dn.device())?;
+                ident.push((dn.matmul(&dn.t()?)? - eye)?.sqr()?.mean_all()?);
+            }
+        }
+        let n = ident.len();
+        let ident = if n == 0 { None } else { Some((Tensor::stack(&ident, 0)?.sum_all()? / n as f64)?) };
+        Ok((count, polar, ident, npos as usize))
+    }
+}
+
+impl Adapter for Pat {
+    fn method(&self) -> &'static str {
+        "pat"
+    }
+
+    fn trainable(&self) -> Vec<(String, Var)> {
+        let mut out = vec![("pat.mask_logits".to_string(), self.mask.clone())];
+        for (p, md) in self.modules() {
+            for (n, v) in [("down", &md.down), ("up", &md.up), ("scale", &md.scale)] {
+                out.extend(v.as_ref().map(|v| (format!("{p}.{n}"), v.clone())));
+            }
+        }
+        out.extend(self.lora.trainable().into_iter().map(|(n, v)| (format!("lora/{n}"), v)));
+        out
+    }
+
+    fn set_training(&self, on: bool) {
+        self.training.store(on, Ordering::Relaxed);
+        self.lora.set_training(on);
+    }
+
+    fn set_total_steps(&self, total: usize) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    /// The gate for this step (the schedule moves with the step).
+    fn begin_step(&self, seed: u64, step: u64) {
+        self.lora.begin_step(seed, step);
+        match self.soft_gate(step as usize) {
+            Ok(g) => self.gate.set(Some(g)),
+            Err(e) => panic!("PAT: computing the gate failed: {e}"),
+        }
+    }
+
+    fn aux_loss(&self, _groups: &TokenGroups) -> Result<Option<AuxLoss>> {
+        let (count, polar, ident, kept) = self.terms()?;
+        let mut loss = (&count + &polar)?;
+        let mut stats = vec![
+            ("pat/kept".to_string(), kept as f64, 1.0),
+            ("pat/count_loss".to_string(), count.to_scalar::<f32>()? as f64, 1.0),
+            ("pat/polar_loss".to_string(), polar.to_scalar::<f32>()? as f64, 1.0),
+        ];
+        if let Some(g) = self.gate.get() {
+            stats.push(("pat/gate_mean".to_string(), g.mean_all()?.to_scalar::<f32>()? as f64, 1.0));
+        }
+        if let Some(i) = ident {
+            stats.push(("pat/identity_loss".to_string(), i.to_scalar::<f32>()? as f64, 1.0));
+            loss = (loss + i)?;
+        }
+        Ok(Some(AuxLoss { loss, stats }))
+    }
+
+    fn save(&self, model: &CausalLm, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e.to_string()))?;
+        self.lora.save(model, &dir.join("lora"))?;
+        let mut tensors = vec![("pat.mask_logits".to_string(), self.mask.as_tensor().clone())];
+        for (p, md) in self.modules() {
+            for (n, v) in [("down", &md.down), ("up", &md.up), ("scale", &md.scale)] {
+                tensors.extend(v.as_ref().map(|v| (format!("{p}.{n}"), v.as_tensor().clone())));
+            }
+        }
+        save_tensors(&dir.join(WEIGHTS_FILE), &tensors)?;
+        let h = model.config.hidden_size;
+        let cfg = serde_json::json!({
+            "peft_type": "PAT", "task_type": "CAUSAL_LM", "pat": self.config, "mask_gain": self.gain,
+            "hidden_size": h, "target_kept": self.config.target(h), "kept": self.kept()?.len(), "parts": {"lora": "LORA"},
+            "inference_mode": true, "base_model_name_or_path": null,
+        });
+        write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&cfg).expect("json").as_bytes())
+    }
+}
