@@ -13,8 +13,9 @@
 //! last layer's only). Loaded for inference, the gate is the mask's sign; `export --merge`
 //! folds the modules in and writes a model of hidden size `#{m > 0}`.
 //!
-//! The mask trains at its own learning rate, `mask_lr` (default 50 x `lr`; the official
-//! runs move it by `lr` per step over 10 000 steps): it is held as `m / k`, `k` the ratio.
+//! The mask trains at its own learning rate, `mask_lr` (default `2 / G`; the official
+//! runs move it by `lr` = 5e-5 per step over 10 000 steps): it is held as `m / k`, `k` the
+//! ratio to the run's `lr`. From 0.8 G the gate is the mask's sign (see `soft_gate`).
 //!
 //! Saved as `adapter_config.json` (`peft_type: PAT`), `adapter_model.safetensors`
 //! (`pat.mask_logits` (hidden,) as `m / k`; `model.layers.N.pat_attn.{down,up,scale}` and
@@ -29,7 +30,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +47,7 @@ pub struct PatConfig {
     /// Weight of the kept-count term.
     #[serde(default = "ten")]
     pub count_weight: f64,
-    /// Learning rate of the mask logits (default 50 x `lr`).
+    /// Learning rate of the mask logits (default `2 / anneal_steps`).
     pub mask_lr: Option<f64>,
     /// Steps of the temperature schedule (default: the run's).
     pub anneal_steps: Option<usize>,
@@ -116,8 +117,11 @@ pub struct Pat {
     pub lora: Lora,
     /// `m / k`, `(hidden,)`.
     pub mask: Var,
-    /// `k`: the mask's learning rate over the run's.
-    pub gain: f64,
+    /// `k`: the mask's learning rate over the run's (f64 bits; set with the run's length
+    /// when `mask_lr` is not given).
+    gain: AtomicU64,
+    /// The run's learning rate.
+    lr: f64,
     embed: Module,
     /// (HF module prefix, attention's module, FFN's module) per layer.
     layers: Vec<(String, Module, Module)>,
@@ -143,9 +147,10 @@ impl Pat {
                 _ => Tensor::ones(shape.0, DType::F32, &dev)?,
             })
         };
-        let gain = config.mask_lr.unwrap_or(50.0 * lr) / lr;
+        // Until the run's length is known (`set_total_steps`), a placeholder gain.
+        let gain = config.mask_lr.map_or(1.0, |m| m / lr);
         let mask = Tensor::zeros(model.config.hidden_size, DType::F32, &dev)?;
-        Self::build(model, config.clone(), lora, mask, gain, &mut init)
+        Self::build(model, config.clone(), lora, mask, (gain, lr), &mut init)
     }
 
     /// A saved PAT adapter: its gate is the mask's sign (the model as it will be pruned).
@@ -158,6 +163,7 @@ impl Pat {
         }
         let config: PatConfig = serde_json::from_value(v["pat"].clone()).map_err(|e| Error::file(&cfg_path, format!("pat: {e}")))?;
         let gain = v["mask_gain"].as_f64().filter(|g| *g > 0.0).ok_or_else(|| Error::file(&cfg_path, "mask_gain: missing or not positive"))?;
+        let lr = v["lr"].as_f64().filter(|g| *g > 0.0).ok_or_else(|| Error::file(&cfg_path, "lr: missing or not positive"))?;
         let lora = Lora::load(model, &dir.join("lora"))?;
         let path = dir.join(WEIGHTS_FILE);
         let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &model.device).map_err(|e| Error::file(&path, e.to_string()))?;
@@ -175,12 +181,12 @@ impl Pat {
         if mask.dims() != [h] {
             return Err(Error::file(&path, format!("pat.mask_logits: shape {:?}, but the model's hidden size is {h}", mask.dims())));
         }
-        let pat = Self::build(model, config, lora, mask, gain, &mut |n, s| init(n, s))?;
+        let pat = Self::build(model, config, lora, mask, (gain, lr), &mut |n, s| init(n, s))?;
         pat.harden()?;
         Ok(pat)
     }
 
-    fn build(model: &mut CausalLm, config: PatConfig, lora: Lora, mask: Tensor, gain: f64, init: &mut Init) -> Result<Self> {
+    fn build(model: &mut CausalLm, config: PatConfig, lora: Lora, mask: Tensor, (gain, lr): (f64, f64), init: &mut Init) -> Result<Self> {
         if model.config.sandwich_norm || model.config.embed_scale.is_some() {
             return Err(Error::Unsupported(format!("PAT: {} normalises attention and FFN outputs over every channel (and scales its embeddings by the width), so its pruned model would not compute what was trained; PAT runs on llama and qwen2 models", model.arch.name())));
         }
@@ -203,7 +209,18 @@ impl Pat {
             let (a, m) = (module(&format!("{p}.pat_attn"), true)?, module(&format!("{p}.pat_mlp"), true)?);
             layers.push((p, a, m));
         }
-        let pat = Pat { config, lora, mask: Var::from_tensor(&mask)?, gain, embed, layers, gate: Gate::default(), training: AtomicBool::new(false), total: AtomicUsize::new(0) };
+        let pat = Pat {
+            config,
+            lora,
+            mask: Var::from_tensor(&mask)?,
+            gain: AtomicU64::new(gain.to_bits()),
+            lr,
+            embed,
+            layers,
+            gate: Gate::default(),
+            training: AtomicBool::new(false),
+            total: AtomicUsize::new(0),
+        };
         let hsm = |m: &Module| Hsm {
             down: m.down.as_ref().map(|v| v.as_tensor().clone()),
             up: m.up.as_ref().map(|v| v.as_tensor().clone()),
@@ -214,6 +231,11 @@ impl Pat {
         let blocks = pat.layers.iter().map(|(_, a, m)| BlockHsm { attn: hsm(a), mlp: hsm(m) }).collect();
         model.set_hsm(Some(hsm(&pat.embed)), Some(blocks))?;
         Ok(pat)
+    }
+
+    /// `k`, the mask's learning rate over the run's.
+    pub fn gain(&self) -> f64 {
+        f64::from_bits(self.gain.load(Ordering::Relaxed))
     }
 
     /// The gate the pruned model has: 1 where the mask logit is positive.
@@ -238,7 +260,7 @@ impl Pat {
     /// the official code's gradient.
     fn scaled(&self) -> Result<Tensor> {
         let m = self.mask.as_tensor();
-        Ok((m + ((m * self.gain)? - m)?.detach())?)
+        Ok((m + ((m * self.gain())? - m)?.detach())?)
     }
 
     /// The soft gate at `step`: `sigmoid(T k m) + b`, with the official code's floor of
@@ -246,8 +268,13 @@ impl Pat {
     fn soft_gate(&self, step: usize) -> Result<Tensor> {
         let g = self.config.anneal_steps.unwrap_or_else(|| self.total.load(Ordering::Relaxed)).max(1);
         let (t, bias, live) = schedule(step, g);
-        let m = if live { self.scaled()? } else { self.scaled()?.detach() };
-        let z = (m * t)?;
+        if !live {
+            // The official gate here is sigmoid(T m) with the mask at +-0.5 after thousands
+            // of steps: 0 or 1 to within 1e-9. A short run's mask has not travelled that far,
+            // so the last steps train with that limit, the gate the pruned model has.
+            return self.hard_gate();
+        }
+        let z = (self.scaled()? * t)?;
         let floor = z.ge(-10f64)?.to_dtype(DType::F32)?;
         let z = ((&z * &floor)? + ((1.0 - &floor)? * -10.0)?)?;
         Ok(((z.neg()?.exp()? + 1.0)?.recip()? + bias)?)
@@ -321,8 +348,14 @@ impl Adapter for Pat {
         self.lora.set_training(on);
     }
 
+    /// The run's length fixes the schedule and, without `mask_lr`, the mask's rate:
+    /// `2 / G`, so the mask can travel to +-1 over the first half of the schedule (5e-5
+    /// x 4 for the official 10 000 steps).
     fn set_total_steps(&self, total: usize) {
         self.total.store(total, Ordering::Relaxed);
+        let g = self.config.anneal_steps.unwrap_or(total).max(1);
+        let gain = self.config.mask_lr.unwrap_or(2.0 / g as f64) / self.lr;
+        self.gain.store(gain.to_bits(), Ordering::Relaxed);
     }
 
     /// The gate for this step (the schedule moves with the step).
@@ -364,7 +397,7 @@ impl Adapter for Pat {
         save_tensors(&dir.join(WEIGHTS_FILE), &tensors)?;
         let h = model.config.hidden_size;
         let cfg = serde_json::json!({
-            "peft_type": "PAT", "task_type": "CAUSAL_LM", "pat": self.config, "mask_gain": self.gain,
+            "peft_type": "PAT", "task_type": "CAUSAL_LM", "pat": self.config, "mask_gain": self.gain(), "lr": self.lr,
             "hidden_size": h, "target_kept": self.config.target(h), "kept": self.kept()?.len(), "parts": {"lora": "LORA"},
             "inference_mode": true, "base_model_name_or_path": null,
         });
