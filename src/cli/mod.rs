@@ -26,6 +26,7 @@ mod serve;
 mod steer;
 mod synth;
 mod train;
+mod vocab;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -70,6 +71,8 @@ enum Cmd {
     Merge(merge::MergeArgs),
     /// Add sparse fine-tuning deltas (method: sparse) to a base model, composing several and reporting conflicts.
     Graft(graft::GraftArgs),
+    /// Learned Embedding Propagation: extend a model's vocabulary from a corpus, or carry tuned embeddings into an instruction-tuned model.
+    Vocab(vocab::VocabArgs),
     /// Write a task vector (tuned - base), usable as a model in a merge YAML.
     TaskVector(merge::TaskVectorArgs),
     /// Evaluate a model (with an adapter) on SuperNI, GSM8K or any JSONL; compare reports.
@@ -152,6 +155,7 @@ pub fn run() -> Result<()> {
         Cmd::Merge(a) => merge::run(a),
         Cmd::TaskVector(a) => merge::task_vector(a),
         Cmd::Graft(a) => graft::run(a),
+        Cmd::Vocab(a) => vocab::run(a),
         Cmd::Train(a) => train::run(a, false),
         Cmd::Sft(a) => train::run(a, true),
         Cmd::Data(d) => data::run(d),

@@ -328,6 +328,34 @@ impl CausalLm {
         self.lm_head.dense_weight()
     }
 
+    /// The token embeddings `(vocab, hidden)` as a dense f32 tensor.
+    pub fn embedding_weight(&self) -> Result<Tensor> {
+        Ok(match &self.embed {
+            Embedding::Dense(t) => t.to_dtype(DType::F32)?,
+            Embedding::Quant(q) => q.dequantize(&self.device)?,
+        })
+    }
+
+    /// Replace the token embeddings (and, untied, the output head's rows) with dense
+    /// `(vocab, hidden)` matrices: a vocabulary extended or propagated. A tied model's
+    /// head follows its embeddings; `head` must then be None.
+    pub fn set_embeddings(&mut self, embed: Tensor, head: Option<Tensor>) -> Result<()> {
+        let (v, h) = embed.dims2()?;
+        if h != self.config.hidden_size || head.as_ref().is_some_and(|t| t.dims() != [v, h]) || self.config.tie_embeddings == head.is_some() {
+            return Err(Error::Input(format!(
+                "embeddings {:?} / head {:?} do not fit this model (hidden {}, tied {})",
+                embed.dims(),
+                head.as_ref().map(|t| t.dims().to_vec()),
+                self.config.hidden_size,
+                self.config.tie_embeddings
+            )));
+        }
+        self.lm_head = Linear::dense(head.unwrap_or_else(|| embed.clone()), None);
+        self.embed = Embedding::Dense(embed);
+        self.config.vocab_size = v;
+        Ok(())
+    }
+
     /// The output projection as it is stored (quantized, bf16 or f32).
     pub fn output_linear(&self) -> &Linear {
         &self.lm_head

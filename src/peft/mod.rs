@@ -2,6 +2,7 @@
 pub mod bottleneck;
 pub mod full;
 pub mod head;
+pub mod lep;
 pub mod lora;
 mod lora_op;
 pub mod loramoe;
@@ -137,7 +138,7 @@ pub(crate) fn dropout_mask(rng: &std::sync::Mutex<rand::rngs::StdRng>, p: f32, (
 }
 
 /// Write `bytes` to `path` through a temp file and a rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("partial.{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| crate::Error::file(&tmp, e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| crate::Error::file(path, e.to_string()))?;

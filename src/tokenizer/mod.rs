@@ -1,5 +1,6 @@
 //! Tokenizers from tokenizer.json or GGUF metadata, and chat templates.
 mod bpe;
+pub mod extend;
 mod gguf;
 mod pretok;
 pub mod template;
@@ -135,6 +136,23 @@ impl Tokenizer {
     pub fn encode_reference(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
         let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
+    /// The byte ranges of `text`'s pre-tokens (the words BPE runs within).
+    pub fn pieces(&self, text: &str) -> Result<Vec<Span>> {
+        use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+        let mut pts = PreTokenizedString::from(text);
+        if let Some(p) = self.inner.get_pre_tokenizer() {
+            p.pre_tokenize(&mut pts).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        }
+        Ok(pts.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(_, o, _)| o).collect())
+    }
+
+    /// This tokenizer with another `tokenizer.json` (an extended vocabulary), keeping its
+    /// special tokens and chat template.
+    pub fn with_json(&self, json: serde_json::Value) -> Result<Self> {
+        let inner = parse(&json, Path::new("tokenizer.json"))?;
+        Ok(Self::assemble(inner, json, self.bos_id, self.eos_id, self.add_bos, self.chat_template.clone()))
     }
 
     /// Whether encoding uses instill's own byte-level BPE encoder.

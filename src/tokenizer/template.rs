@@ -6,6 +6,8 @@ use minijinja::{Environment, ErrorKind, Value};
 const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 const LLAMA3: &str = "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
 const GEMMA: &str = "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{% if role == 'system' %}{{ '<start_of_turn>user\\n' + message['content'] | trim + '\\n\\n' }}{% else %}{% if not (loop.index0 == 1 and messages[0]['role'] == 'system') %}{{ '<start_of_turn>' + role + '\\n' }}{% endif %}{{ message['content'] | trim + '<end_of_turn>\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}";
+/// Messages' contents as they are, then EOS: raw text for language-model tuning.
+const PLAIN: &str = "{% for message in messages %}{{ message['content'] }}{% endfor %}{% if not add_generation_prompt %}{{ eos_token }}{% endif %}";
 const ALPACA: &str = "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}{% elif message['role'] == 'assistant' %}{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}";
 
 /// Template source for a builtin name or a file path.
@@ -15,7 +17,8 @@ pub fn named(name: &str) -> Result<String> {
         "llama3" => LLAMA3.into(),
         "gemma" => GEMMA.into(),
         "alpaca" => ALPACA.into(),
-        path => std::fs::read_to_string(path).map_err(|e| Error::Template(format!("{path:?} is neither a builtin template (chatml, llama3, gemma, alpaca) nor a readable file: {e}")))?,
+        "plain" => PLAIN.into(),
+        path => std::fs::read_to_string(path).map_err(|e| Error::Template(format!("{path:?} is neither a builtin template (chatml, llama3, gemma, alpaca, plain) nor a readable file: {e}")))?,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod scored;
 pub mod self_instruct;
 pub mod sharegpt;
 pub mod superni;
+pub mod text;
 
 use super::read::ReadOptions;
 use super::{Conversation, Example, Message, ROLES};
@@ -40,6 +41,7 @@ pub static FORMATS: &[&dyn Format] = &[
     &messages::Messages,
     &gsm8k::Gsm8k,
     &alpaca::Alpaca,
+    &text::Text,
 ];
 
 pub fn names() -> Vec<&'static str> {
