@@ -12,8 +12,6 @@ use instill::peft::bottleneck::{Bottleneck, BottleneckConfig, NonLinearity, Plac
 use instill::peft::Adapter;
 use instill::train::step::loss_and_grads;
 use rand::{Rng, SeedableRng};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn config(placement: Placement, targets: &[&str]) -> BottleneckConfig {
     BottleneckConfig { bottleneck: 3, placement, target_modules: targets.iter().map(|s| s.to_string()).collect(), scale: 2.0, non_linearity: NonLinearity::Tanh, dropout: 0.0 }
@@ -122,25 +120,13 @@ fn gradients_match_finite_differences_with_and_without_checkpointing() {
     }
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_instill");
-
-fn run(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).current_dir(dir).env("INSTILL_PROGRESS_SECS", "0.01").args(["--threads", "2"]).args(args).output().unwrap()
-}
-
 #[test]
 fn the_recipe_trains_smollm2_and_the_adapter_serves_but_does_not_merge() {
     common::source("smollm2-135m-instruct");
     let dir = common::tmpdir("bottleneck-train");
-    let recipe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes/adapter-parallel.yaml");
     let out = dir.join("run");
     let o = format!("output_dir={}", out.display());
-    let mut args = vec!["train", recipe.to_str().unwrap()];
-    for s in [o.as_str(), "max_steps=3", "batch_size=2", "max_len=96", "val_fraction=0", "save_every=2"] {
-        args.extend(["--set", s]);
-    }
-    let o = run(&dir, &args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::train_recipe(&dir, "adapter-parallel.yaml", &[o.as_str(), "max_steps=3", "batch_size=2", "max_len=96", "val_fraction=0", "save_every=2"]);
     let adapter = out.join("adapter");
     let t = candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
     let k = "base_model.model.model.layers.7.mlp.down_proj";
@@ -148,14 +134,14 @@ fn the_recipe_trains_smollm2_and_the_adapter_serves_but_does_not_merge() {
     assert_eq!(t[&format!("{k}.adapter_up.weight")].dims(), [576, 64]);
     assert!(t[&format!("{k}.adapter_up.weight")].abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "up trained");
     let a = adapter.to_str().unwrap();
-    let o = run(&dir, &["generate", "-m", "smollm2-135m-instruct", "--adapter", a, "--max-new-tokens", "4", "--chat", "Name a colour."]);
+    let o = common::cli(&dir, &["generate", "-m", "smollm2-135m-instruct", "--adapter", a, "--max-new-tokens", "4", "--chat", "Name a colour."]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = run(&dir, &["export", "-m", "smollm2-135m-instruct", "--adapter", a, "--merge", "--out", "merged"]);
+    let o = common::cli(&dir, &["export", "-m", "smollm2-135m-instruct", "--adapter", a, "--merge", "--out", "merged"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("bottleneck adapter cannot be merged"), "{err}");
     // Resuming the finished run's last checkpoint reproduces its final adapter.
     std::fs::remove_dir_all(&adapter).unwrap();
-    let o = run(&dir, &["train", "--resume", out.to_str().unwrap()]);
+    let o = common::cli(&dir, &["train", "--resume", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let again = candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
     for (name, x) in &t {

@@ -9,8 +9,6 @@ use candle_core::{Device, Tensor};
 use instill::model::{Batch, LogitsFor};
 use instill::peft::lep::{self, Propagation};
 use rand::{Rng, SeedableRng};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Made-up words the model's tokenizer splits into many pieces, in varied sentences.
 fn corpus() -> Vec<String> {
@@ -75,29 +73,17 @@ fn propagation_formulas_and_an_exact_map_recovered() {
     assert!(e.contains("do not line up"), "{e}");
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_instill");
-
-fn run(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).current_dir(dir).env("INSTILL_PROGRESS_SECS", "0.01").args(["--threads", "2"]).args(args).output().unwrap()
-}
-
 #[test]
 fn extend_tune_the_embeddings_on_raw_text_and_propagate_on_smollm2() {
     common::source("smollm2-135m-instruct");
     let dir = common::tmpdir("lep-cli");
     let corpus_file = dir.join("corpus.jsonl");
     std::fs::write(&corpus_file, corpus().iter().map(|t| serde_json::json!({ "text": t }).to_string() + "\n").collect::<String>()).unwrap();
-    let o = run(&dir, &["vocab", "extend", "-m", "smollm2-135m-instruct", "--corpus", corpus_file.to_str().unwrap(), "--new-tokens", "10", "--out", "ext"]);
+    let o = common::cli(&dir, &["vocab", "extend", "-m", "smollm2-135m-instruct", "--corpus", corpus_file.to_str().unwrap(), "--new-tokens", "10", "--out", "ext"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("10 tokens added"), "{}", String::from_utf8_lossy(&o.stderr));
-    let recipe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes/lep-embeddings.yaml");
     let data = format!("data=[{{path: {}}}]", corpus_file.display());
-    let mut args = vec!["train", recipe.to_str().unwrap()];
-    for s in ["model=ext", data.as_str(), "output_dir=emb", "max_steps=2", "batch_size=2", "max_len=64", "val_fraction=0"] {
-        args.extend(["--set", s]);
-    }
-    let o = run(&dir, &args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::train_recipe(&dir, "lep-embeddings.yaml", &["model=ext", data.as_str(), "output_dir=emb", "max_steps=2", "batch_size=2", "max_len=64", "val_fraction=0"]);
     // Only the embeddings moved.
     let ext = candle_core::safetensors::load(dir.join("ext/model.safetensors"), &Device::Cpu).unwrap();
     let tuned = candle_core::safetensors::load(dir.join("emb/model/model.safetensors"), &Device::Cpu).unwrap();
@@ -106,13 +92,13 @@ fn extend_tune_the_embeddings_on_raw_text_and_propagate_on_smollm2() {
         assert_eq!(d > 0.0, name.contains("embed_tokens"), "{name}: changed by {d}");
     }
     // Propagated into the model it came from, `project` fits the identity: the tuned rows.
-    let o = run(&dir, &["vocab", "propagate", "--base", "smollm2-135m-instruct", "--adapted", "emb/model", "--target", "smollm2-135m-instruct", "--out", "prop"]);
+    let o = common::cli(&dir, &["vocab", "propagate", "--base", "smollm2-135m-instruct", "--adapted", "emb/model", "--target", "smollm2-135m-instruct", "--out", "prop"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let prop = candle_core::safetensors::load(dir.join("prop/model.safetensors"), &Device::Cpu).unwrap();
     let k = "model.embed_tokens.weight";
     assert_eq!(prop[k].dims(), tuned[k].dims());
     assert!(common::max_abs_diff(&prop[k], &tuned[k]) < 2e-3, "{}", common::max_abs_diff(&prop[k], &tuned[k]));
-    let o = run(&dir, &["generate", "-m", "prop", "--max-new-tokens", "4", "--chat", "Name a colour."]);
+    let o = common::cli(&dir, &["generate", "-m", "prop", "--max-new-tokens", "4", "--chat", "Name a colour."]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,8 +15,6 @@ use instill::peft::pat::{schedule, Pat, PatConfig};
 use instill::peft::Adapter;
 use instill::train::step::loss_and_grads;
 use rand::{Rng, SeedableRng};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn lora() -> LoraConfig {
     LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, target_modules: vec!["q_proj".into(), "down_proj".into()], rslora: false }
@@ -163,25 +161,13 @@ fn the_pruned_model_computes_what_the_hard_gated_one_does() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_instill");
-
-fn run(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).current_dir(dir).env("INSTILL_PROGRESS_SECS", "0.01").args(["--threads", "2"]).args(args).output().unwrap()
-}
-
 #[test]
 fn the_recipe_trains_smollm2_exports_a_smaller_model_and_resumes_exactly() {
     common::source("smollm2-135m-instruct");
     let dir = common::tmpdir("pat-train");
-    let recipe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes/pat-smollm2.yaml");
     let out = dir.join("run");
     let o = format!("output_dir={}", out.display());
-    let mut args = vec!["train", recipe.to_str().unwrap()];
-    for s in [o.as_str(), "max_steps=4", "batch_size=2", "max_len=96", "val_fraction=0", "save_every=2", "pat.mask_lr=0.5"] {
-        args.extend(["--set", s]);
-    }
-    let o = run(&dir, &args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::train_recipe(&dir, "pat-smollm2.yaml", &[o.as_str(), "max_steps=4", "batch_size=2", "max_len=96", "val_fraction=0", "save_every=2", "pat.mask_lr=0.5"]);
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert!(metrics.contains("\"pat/kept\"") && metrics.contains("\"pat/identity_loss\""), "{metrics}");
     let adapter = out.join("adapter");
@@ -195,17 +181,17 @@ fn the_recipe_trains_smollm2_exports_a_smaller_model_and_resumes_exactly() {
     let (mut gated, _) = common::load("smollm2-135m-instruct", false);
     Pat::load(&mut gated, &adapter).unwrap();
     let want = logits(&gated);
-    let o = run(&dir, &["export", out.to_str().unwrap(), "--merge", "--out", "pruned"]);
+    let o = common::cli(&dir, &["export", out.to_str().unwrap(), "--merge", "--out", "pruned"]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains(&format!("kept {kept} of 576")), "{}", String::from_utf8_lossy(&o.stderr));
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("pruned/config.json")).unwrap()).unwrap();
     assert_eq!((cfg["hidden_size"].as_u64(), cfg["head_dim"].as_u64(), cfg["tie_word_embeddings"].as_bool()), (Some(kept as u64), Some(64), Some(true)));
     let re = instill::CausalLm::load(&instill::hub::ModelSource::HfDir(dir.join("pruned")), &Default::default()).unwrap();
     assert!(rel_diff(&logits(&re), &want) < 1e-4, "{}", rel_diff(&logits(&re), &want));
-    let o = run(&dir, &["generate", "-m", dir.join("pruned").to_str().unwrap(), "--max-new-tokens", "4", "--chat", "Name a colour."]);
+    let o = common::cli(&dir, &["generate", "-m", dir.join("pruned").to_str().unwrap(), "--max-new-tokens", "4", "--chat", "Name a colour."]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Resuming the finished run's last checkpoint reproduces its final adapter.
     std::fs::remove_dir_all(&adapter).unwrap();
-    let o = run(&dir, &["train", "--resume", out.to_str().unwrap()]);
+    let o = common::cli(&dir, &["train", "--resume", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let again = candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
     for (name, x) in &t {

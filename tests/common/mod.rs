@@ -39,3 +39,20 @@ pub fn tmpdir(name: &str) -> PathBuf {
 pub fn load_tokenizer(id: &str) -> Tokenizer {
     Tokenizer::load(&source(id)).unwrap()
 }
+
+/// Run the instill binary in `dir` on 2 threads, with fast plain progress lines.
+pub fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_instill")).current_dir(dir).env("INSTILL_PROGRESS_SECS", "0.01").args(["--threads", "2"]).args(args).output().unwrap()
+}
+
+/// `instill train recipes/<recipe>` in `dir` with `--set` overrides; panics with stderr on failure.
+pub fn train_recipe(dir: &std::path::Path, recipe: &str, sets: &[&str]) -> std::process::Output {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes").join(recipe);
+    let mut args = vec!["train", path.to_str().unwrap()];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let o = cli(dir, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
