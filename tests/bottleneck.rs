@@ -140,13 +140,7 @@ fn the_recipe_trains_smollm2_and_the_adapter_serves_but_does_not_merge() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("bottleneck adapter cannot be merged"), "{err}");
     // Resuming the finished run's last checkpoint reproduces its final adapter.
-    std::fs::remove_dir_all(&adapter).unwrap();
-    let o = common::cli(&dir, &["train", "--resume", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let again = candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
-    for (name, x) in &t {
-        assert_eq!(common::max_abs_diff(x, &again[name]), 0.0, "{name}");
-    }
+    common::assert_resume_reproduces(&dir, &out, &t);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

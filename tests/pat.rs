@@ -190,13 +190,7 @@ fn the_recipe_trains_smollm2_exports_a_smaller_model_and_resumes_exactly() {
     let o = common::cli(&dir, &["generate", "-m", dir.join("pruned").to_str().unwrap(), "--max-new-tokens", "4", "--chat", "Name a colour."]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Resuming the finished run's last checkpoint reproduces its final adapter.
-    std::fs::remove_dir_all(&adapter).unwrap();
-    let o = common::cli(&dir, &["train", "--resume", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let again = candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
-    for (name, x) in &t {
-        assert_eq!(common::max_abs_diff(x, &again[name]), 0.0, "{name}");
-    }
+    common::assert_resume_reproduces(&dir, &out, &t);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

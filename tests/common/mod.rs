@@ -56,3 +56,16 @@ pub fn train_recipe(dir: &std::path::Path, recipe: &str, sets: &[&str]) -> std::
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     o
 }
+
+/// Remove a finished run's `adapter/`, resume its last checkpoint, and check that the
+/// adapter comes back bit for bit (`before`: its tensors).
+pub fn assert_resume_reproduces(dir: &std::path::Path, run: &std::path::Path, before: &std::collections::HashMap<String, Tensor>) {
+    let adapter = run.join("adapter");
+    std::fs::remove_dir_all(&adapter).unwrap();
+    let o = cli(dir, &["train", "--resume", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again = candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    for (name, x) in before {
+        assert_eq!(max_abs_diff(x, &again[name]), 0.0, "{name}");
+    }
+}
