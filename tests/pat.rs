@@ -71,6 +71,7 @@ fn the_schedule_is_the_official_one() {
     assert!(schedule(79, g).2);
     assert_eq!(config().target(576), 432);
     assert_eq!(PatConfig { sparsity: 0.5, ..config() }.target(576), 288);
+    assert_eq!(PatConfig { multiple_of: 32, ..config() }.target(576), 416, "432 rounded down to q8_0's blocks");
 }
 
 #[test]
