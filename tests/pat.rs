@@ -69,9 +69,10 @@ fn the_schedule_is_the_official_one() {
     let frozen = schedule(80, g);
     assert!(!frozen.2 && frozen.0 == schedule(95, g).0 && frozen.0 == 1.0 / (1.0 - 80f64.ln() / 100f64.ln() + 1e-6));
     assert!(schedule(79, g).2);
-    assert_eq!(config().target(576), 432);
-    assert_eq!(PatConfig { sparsity: 0.5, ..config() }.target(576), 288);
-    assert_eq!(PatConfig { multiple_of: 32, ..config() }.target(576), 416, "432 rounded down to q8_0's blocks");
+    assert_eq!(config().target(576, 9), 432);
+    assert_eq!(PatConfig { sparsity: 0.5, ..config() }.target(576, 9), 288);
+    assert_eq!(PatConfig { multiple_of: 32, ..config() }.target(576, 9), 288, "432 down to a multiple of 32 and of 9 heads");
+    assert_eq!(PatConfig { multiple_of: 32, ..config() }.target(576, 1), 416);
 }
 
 #[test]
@@ -177,8 +178,10 @@ fn the_recipe_trains_smollm2_exports_a_smaller_model_and_resumes_exactly() {
     assert!(!t.contains_key("model.embed_tokens.pat.down"), "tied embeddings: the embeddings' module is the gate alone");
     // The mask moved at its own rate: some channels are off, most on.
     let mask = t["pat.mask_logits"].to_vec1::<f32>().unwrap();
-    let kept = mask.iter().filter(|&&m| m > 0.0).count();
-    assert!(kept > 0 && kept < 576, "kept {kept}");
+    let positive = mask.iter().filter(|&&m| m > 0.0).count();
+    assert!(positive >= 9 && positive < 576, "positive {positive}");
+    // Kept: the positive ones, less the smallest down to a multiple of the 9 heads.
+    let kept = positive / 9 * 9;
     let (mut gated, _) = common::load("smollm2-135m-instruct", false);
     Pat::load(&mut gated, &adapter).unwrap();
     let want = logits(&gated);

@@ -3,7 +3,7 @@
 experiments/loramoe/run.sh (same data and steps, unpruned) and PAT at 25% and 50% of the
 hidden channels removed: hidden size, parameters, final validation loss, the world
 (Jeopardy held-out) and MMLU (untrained subjects) scores of the pruned model, and
-`bench generate`'s tokens/s of each q8_0 GGUF, instill's and llama.cpp's."""
+`bench generate`'s tokens/s of each f16 GGUF, instill's and llama.cpp's."""
 import json
 import pathlib
 import re
@@ -42,26 +42,26 @@ def params(d):
 
 
 def bench():
-    """model file stem -> (prompt tok/s, decode tok/s) for instill and llama.cpp."""
+    """GGUF file name -> (instill pp, llama.cpp pp, instill tg, llama.cpp tg) tokens/s."""
     p = runs / "pat-exp" / "bench-generate.txt"
     out = {}
     if not p.exists():
         return out
     for line in p.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 5 and re.search(r"q8_0", cells[0]):
-            out[cells[0]] = cells[1:]
+        if len(cells) >= 8 and cells[0].endswith(".gguf"):
+            out[cells[0]] = (cells[2], cells[3], cells[5], cells[6])
     return out
 
 
 b = bench()
-print("| arm | hidden | parameters | val loss | world ROUGE-L / EM | MMLU ROUGE-L / EM | bench generate (q8_0 GGUF) |")
-print("|---|---|---|---|---|---|---|")
+print("| arm | hidden | parameters | val loss | world ROUGE-L / EM | MMLU ROUGE-L / EM | prompt tok/s: instill / llama.cpp | decode tok/s: instill / llama.cpp |")
+print("|---|---|---|---|---|---|---|---|")
 arms = [
-    ("base", None, "loramoe-base", "base-q8_0"),
+    ("base", None, "loramoe-base", "base-f16"),
     ("LoRA r24 (unpruned)", "loramoe-exp/lora", "loramoe-lora", None),
-    ("PAT 25%", "pat-exp/pat25", "pat25", "pruned-q8_0"),
-    ("PAT 50%", "pat-exp/pat50", "pat50", "pruned-q8_0"),
+    ("PAT 25%", "pat-exp/pat25", "pat25", "pruned-f16"),
+    ("PAT 50%", "pat-exp/pat50", "pat50", "pruned-f16"),
 ]
 for name, run, report, gguf in arms:
     m = last(run) if run else {}
@@ -69,6 +69,6 @@ for name, run, report, gguf in arms:
     d = runs / run / "pruned" if run and "pat" in run else None
     hidden = json.loads((d / "config.json").read_text())["hidden_size"] if d and (d / "config.json").exists() else 576
     n = params(d) if d and d.exists() else "134.5M"
-    key = next((k for k in b if gguf and (k.endswith(gguf) or gguf in k) and (run is None or run.split("/")[-1] in k or gguf == "base-q8_0")), None)
-    sp = " / ".join(b[key]) if key else "-"
-    print(f"| {name} | {hidden} | {n} | {val} | {score(report, 'world')} | {score(report, 'mmlu')} | {sp} |")
+    key = next((k for k in b if gguf and (run is None and "base" in k or run is not None and run.split("/")[-1] in k)), None)
+    pp, tg = (f"{b[key][0]} / {b[key][1]}", f"{b[key][2]} / {b[key][3]}") if key else ("-", "-")
+    print(f"| {name} | {hidden} | {n} | {val} | {score(report, 'world')} | {score(report, 'mmlu')} | {pp} | {tg} |")

@@ -97,10 +97,12 @@ impl PatConfig {
         Ok(())
     }
 
-    /// The number of channels to keep out of `hidden` (rounded down to `multiple_of`).
-    pub fn target(&self, hidden: usize) -> usize {
+    /// The number of channels to keep out of `hidden`, rounded down to a multiple of
+    /// `multiple_of` and of `heads`.
+    pub fn target(&self, hidden: usize, heads: usize) -> usize {
+        let q = lcm(self.multiple_of, heads.max(1)).min(hidden);
         let d = (((1.0 - self.sparsity) * hidden as f64).round() as usize).clamp(1, hidden);
-        (d / self.multiple_of * self.multiple_of).max(self.multiple_of.min(hidden))
+        (d / q * q).max(q)
     }
 }
 
@@ -115,6 +117,16 @@ pub fn schedule(step: usize, g: usize) -> (f64, f64, bool) {
     } else {
         (t(freeze), bias, false)
     }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    let gcd = |mut x: usize, mut y: usize| {
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        x
+    };
+    a / gcd(a, b) * b
 }
 
 /// One module's tensors (None where it has not that part).
@@ -134,6 +146,10 @@ pub struct Pat {
     gain: AtomicU64,
     /// The run's learning rate.
     lr: f64,
+    /// The kept width is a multiple of this.
+    quantum: usize,
+    /// The count the mask is steered to.
+    target: usize,
     embed: Module,
     /// (HF module prefix, attention's module, FFN's module) per layer.
     layers: Vec<(String, Module, Module)>,
@@ -221,12 +237,15 @@ impl Pat {
             let (a, m) = (module(&format!("{p}.pat_attn"), true)?, module(&format!("{p}.pat_mlp"), true)?);
             layers.push((p, a, m));
         }
+        let (quantum, target) = (lcm(config.multiple_of, model.config.num_heads), config.target(h, model.config.num_heads));
         let pat = Pat {
             config,
             lora,
             mask: Var::from_tensor(&mask)?,
             gain: AtomicU64::new(gain.to_bits()),
             lr,
+            quantum,
+            target,
             embed,
             layers,
             gate: Gate::default(),
@@ -252,7 +271,10 @@ impl Pat {
 
     /// The gate the pruned model has: 1 where the mask logit is positive.
     pub fn hard_gate(&self) -> Result<Tensor> {
-        Ok(self.mask.as_tensor().gt(0f64)?.to_dtype(DType::F32)?)
+        let m = self.mask.as_tensor();
+        let mut g = vec![0f32; m.dim(0)?];
+        self.kept()?.into_iter().for_each(|i| g[i as usize] = 1.0);
+        Ok(Tensor::from_vec(g, m.dim(0)?, m.device())?)
     }
 
     /// Gate by the mask's sign, as the pruned model will (a loaded adapter does).
@@ -261,10 +283,17 @@ impl Pat {
         Ok(())
     }
 
-    /// The hidden channels a pruned model keeps (positive mask logits), ascending.
+    /// The hidden channels a pruned model keeps, ascending: those with positive mask
+    /// logits, less the smallest of them down to a multiple of `quantum` (the heads'
+    /// count and `multiple_of`: transformers wants the width divisible by the heads).
     pub fn kept(&self) -> Result<Vec<u32>> {
         let m = self.mask.as_tensor().to_vec1::<f32>()?;
-        Ok((0..m.len() as u32).filter(|&i| m[i as usize] > 0.0).collect())
+        let mut pos: Vec<u32> = (0..m.len() as u32).filter(|&i| m[i as usize] > 0.0).collect();
+        pos.sort_by(|&a, &b| m[b as usize].total_cmp(&m[a as usize]).then(a.cmp(&b)));
+        let q = self.quantum.min(m.len());
+        pos.truncate((pos.len() / q * q).max(q.min(pos.len())));
+        pos.sort_unstable();
+        Ok(pos)
     }
 
     /// The mask `k m`, whose gradient reaches `m` unscaled: AdamW then moves `m` by the
@@ -320,7 +349,7 @@ impl Pat {
     fn terms(&self) -> Result<(Tensor, Tensor, Option<Tensor>, usize)> {
         let m = self.mask.as_tensor();
         let h = m.dim(0)?;
-        let d = self.config.target(h) as f64;
+        let d = self.target as f64;
         let mk = self.scaled()?;
         let hard = m.ge(0f64)?.to_dtype(DType::F32)?;
         let ste = (&mk + (&hard - &mk)?.detach())?;
@@ -416,7 +445,7 @@ impl Adapter for Pat {
         let h = model.config.hidden_size;
         let cfg = serde_json::json!({
             "peft_type": "PAT", "task_type": "CAUSAL_LM", "pat": self.config, "mask_gain": self.gain(), "lr": self.lr,
-            "hidden_size": h, "target_kept": self.config.target(h), "kept": self.kept()?.len(), "parts": {"lora": "LORA"},
+            "hidden_size": h, "target_kept": self.target, "kept": self.kept()?.len(), "parts": {"lora": "LORA"},
             "inference_mode": true, "base_model_name_or_path": null,
         });
         write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&cfg).expect("json").as_bytes())
