@@ -29,5 +29,5 @@ for s in 25 50; do
       --max-new-tokens 32 --batch-size 8 --template model --quiet --out reports/pat$s-$set
   done
 done
-$bin bench generate -m $out/base-f16.gguf $out/pat25/pruned-f16.gguf $out/pat50/pruned-f16.gguf --peer-python ${PEER_PYTHON:-/tmp/instill-serve-venv/bin/python} | tee $out/bench-generate.txt
+$bin bench generate -m $out/base-f16.gguf -m $out/pat25/pruned-f16.gguf -m $out/pat50/pruned-f16.gguf --peer-python ${PEER_PYTHON:-/tmp/instill-serve-venv/bin/python} | tee $out/bench-generate.txt
 python3 experiments/pat/table.py
